@@ -1,0 +1,43 @@
+"""Fixtures shared by the whole suite."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Tests (and the node processes they start with cwd=REPO_ROOT) use the source tree.
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+@pytest.fixture(scope='session')
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-init nano checkpoint: 11 CamVid classes, network input 96x128 (fast in tests)."""
+    import torch
+
+    from jetseg_core.checkpoint import CheckpointMeta, save_checkpoint
+    from jetseg_core.model import build_model
+    from jetseg_core.palettes import CAMVID11
+
+    torch.manual_seed(0)
+    model = build_model('nano', num_classes=len(CAMVID11.class_names))
+    meta = CheckpointMeta(
+        profile='nano',
+        num_classes=len(CAMVID11.class_names),
+        class_names=list(CAMVID11.class_names),
+        class_colors=CAMVID11.colors.tolist(),
+        input_size=(96, 128),
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        trained_on='nothing: random initialisation for tests',
+    )
+    path = tmp_path_factory.mktemp('checkpoints') / 'nano_tiny.safetensors'
+    save_checkpoint(path, model, meta)
+    return path
