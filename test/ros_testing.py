@@ -33,6 +33,8 @@ API (import with ``from ros_testing import ...`` from a test in test/):
     ``.set_parameters(node_name, {name: value}, timeout) -> list[SetParametersResult]``,
     ``.get_parameters(node_name, [names], timeout) -> list`` (python values),
     ``.now() -> builtin_interfaces/Time`` (this node's clock), ``.close()``. Context manager.
+``RELIABLE``, ``RELIABLE_DEEP``, ``BEST_EFFORT``, ``LATCHED``
+    QoS profiles (LATCHED = reliable + transient_local depth 1, for ~/class_info).
 ``TopicRecorder``
     ``.messages`` (copy of the list), ``.count``, ``.clear()``,
     ``.wait_for_count(n, timeout) -> list`` (raises AssertionError with the topic name
@@ -44,6 +46,7 @@ API (import with ``from ros_testing import ...`` from a test in test/):
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -53,7 +56,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -192,7 +195,7 @@ class RosProcess:
             self._reader.join(5)
         return rc
 
-    def __enter__(self) -> RosProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -253,6 +256,8 @@ class TopicRecorder:
 
 
 RELIABLE = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
+RELIABLE_DEEP = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
+BEST_EFFORT = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.BEST_EFFORT)
 LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                      durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
 
@@ -270,19 +275,16 @@ class RosHarness:
         self._thread.start()
 
     def _spin(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # shutdown races end the spin thread quietly
             self.executor.spin()
-        except Exception:  # noqa: BLE001 - shutdown races end the spin thread quietly
-            pass
 
     def publisher(self, topic: str, msg_type: type, qos: QoSProfile | int = RELIABLE):
         return self.node.create_publisher(msg_type, topic, qos)
 
     def record(self, topic: str, msg_type: type,
-               qos: QoSProfile | int = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
-               ) -> TopicRecorder:
-        """Subscribe and record.  A reliable subscriber matches both reliable and best-effort
-        publishers only if the publisher is reliable; pass a best-effort QoS for sensor topics."""
+               qos: QoSProfile | int = RELIABLE_DEEP) -> TopicRecorder:
+        """Subscribe and record.  A reliable subscriber (the default) matches only reliable
+        publishers; pass BEST_EFFORT to also hear best-effort ones."""
         recorder = TopicRecorder(topic)
         recorder.subscription = self.node.create_subscription(msg_type, topic, recorder._callback, qos)
         return recorder
@@ -330,15 +332,13 @@ class RosHarness:
         return [parameter_value_to_python(v) for v in response.values]
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.executor.shutdown(timeout_sec=2.0)
-        except Exception:  # noqa: BLE001
-            pass
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
         self._thread.join(5)
 
-    def __enter__(self) -> RosHarness:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

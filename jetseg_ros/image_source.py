@@ -1,0 +1,393 @@
+"""Camera stand-in: publishes frames from synthetic scenes, a video, an image folder or a rosbag2.
+
+It lets the segmentation node be run, demonstrated and tested without a camera. Frames go out on
+the relative topics ``camera/image_raw`` and ``camera/camera_info`` (remap them like a camera
+driver's), stamped with the node clock so ``use_sim_time`` works, at a fixed rate.
+
+Run: ``ros2 run jetseg_ros image_source --ros-args -p source:=video -p path:=drive.mp4``
+or ``python -m jetseg_ros.image_source --ros-args -p source:=synthetic -p rate:=30.0``.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
+
+from jetseg_ros.image_conversion import SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb, rgb_to_image
+
+SOURCES = ('synthetic', 'video', 'folder', 'rosbag')
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
+SYNTHETIC_DEFAULT_SIZE = (480, 640)  # (H, W)
+# Distinct synthetic scenes before the sequence repeats: generating one costs tens of ms, so a
+# cached pool keeps high rates steady after the first pass.
+SYNTHETIC_POOL = 32
+HORIZONTAL_FOV_DEG = 70.0  # a typical automotive / robot camera
+
+
+class SourceError(Exception):
+    """A source that cannot be opened or read; the message names the path and the problem."""
+
+
+class FrameReader(Protocol):
+    """What every source provides: frames as RGB uint8 arrays, in order."""
+
+    def read(self) -> np.ndarray | None:
+        """Next frame (HxWx3 uint8 RGB) or None at the end of the source."""
+
+    def rewind(self) -> None:
+        """Start again from the first frame (for ``loop``)."""
+
+
+def pinhole_camera_info(width: int, height: int, frame_id: str = 'camera',
+                        hfov_deg: float = HORIZONTAL_FOV_DEG) -> CameraInfo:
+    """A plausible, distortion-free pinhole calibration for a frame size (square pixels, centred)."""
+    fx = width / (2.0 * math.tan(math.radians(hfov_deg) / 2.0))
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    info = CameraInfo()
+    info.header.frame_id = frame_id
+    info.width, info.height = int(width), int(height)
+    info.distortion_model = 'plumb_bob'
+    info.d = [0.0] * 5
+    info.k = [fx, 0.0, cx, 0.0, fx, cy, 0.0, 0.0, 1.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [fx, 0.0, cx, 0.0, 0.0, fx, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
+
+
+def resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize to width x height; a 0 keeps the aspect ratio from the other side, two 0s keep the size."""
+    h, w = rgb.shape[:2]
+    if width <= 0 and height <= 0:
+        return rgb
+    if width <= 0:
+        width = max(1, round(w * height / h))
+    if height <= 0:
+        height = max(1, round(h * width / w))
+    if (width, height) == (w, h):
+        return rgb
+    from PIL import Image as PILImage
+    return np.asarray(PILImage.fromarray(rgb).resize((width, height), PILImage.BILINEAR))
+
+
+class SyntheticReader:
+    """Endless synthetic driving scenes, deterministic per frame index (seeded)."""
+
+    def __init__(self, width: int, height: int, seed: int = 0) -> None:
+        from jetseg_core.data.synthetic import generate_scene
+        self._generate = generate_scene
+        self._size = (height or SYNTHETIC_DEFAULT_SIZE[0], width or SYNTHETIC_DEFAULT_SIZE[1])
+        self._seed = seed
+        self._index = 0
+        self._cache: dict[int, np.ndarray] = {}
+
+    def read(self) -> np.ndarray:
+        key = self._index % SYNTHETIC_POOL
+        self._index += 1
+        if key not in self._cache:
+            self._cache[key] = self._generate(self._seed + key, self._size)[0]
+        return self._cache[key]
+
+    def rewind(self) -> None:
+        self._index = 0
+
+
+class FolderReader:
+    """The images of a folder in sorted file-name order."""
+
+    def __init__(self, path: Path) -> None:
+        if not path.is_dir():
+            raise SourceError(f'{path}: not a folder (source:=folder needs a folder of images)')
+        self._files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self._files:
+            raise SourceError(f'{path}: no images in this folder (looked for {", ".join(IMAGE_SUFFIXES)})')
+        self._index = 0
+        self._load(self._files[0])  # fail now, with the file name, rather than mid-stream
+
+    @staticmethod
+    def _load(file: Path) -> np.ndarray:
+        from PIL import Image as PILImage
+        try:
+            with PILImage.open(file) as img:
+                return np.asarray(img.convert('RGB'))
+        except (OSError, ValueError) as err:
+            raise SourceError(f'{file}: cannot read this image ({err})') from None
+
+    def read(self) -> np.ndarray | None:
+        if self._index >= len(self._files):
+            return None
+        file = self._files[self._index]
+        self._index += 1
+        return self._load(file)
+
+    def rewind(self) -> None:
+        self._index = 0
+
+
+class VideoReader:
+    """Frames of a video file decoded by OpenCV."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import cv2
+        except ImportError:
+            raise SourceError(f'{path}: source:=video needs OpenCV (pip install opencv-python-headless)') from None
+        if not path.is_file():
+            raise SourceError(f'{path}: not a file (source:=video needs a video file)')
+        self._cv2 = cv2
+        self._path = path
+        self._cap = cv2.VideoCapture(str(path))
+        first = self._grab()
+        if first is None:
+            raise SourceError(f'{path}: cannot decode any frame from this video file')
+        self._pending: np.ndarray | None = first
+
+    def _grab(self) -> np.ndarray | None:
+        if not self._cap.isOpened():
+            return None
+        ok, bgr = self._cap.read()
+        if not ok or bgr is None:
+            return None
+        if bgr.ndim == 2:
+            return self._cv2.cvtColor(bgr, self._cv2.COLOR_GRAY2RGB)
+        return self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
+
+    def read(self) -> np.ndarray | None:
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        return self._grab()
+
+    def rewind(self) -> None:
+        self._cap.release()
+        self._cap = self._cv2.VideoCapture(str(self._path))
+        self._pending = None
+
+
+class RosbagReader:
+    """sensor_msgs/Image or CompressedImage messages of one topic of a rosbag2 (directory, .db3 or .mcap)."""
+
+    IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
+
+    def __init__(self, path: Path, topic: str = '') -> None:
+        try:
+            from rosbags.highlevel import AnyReader, AnyReaderError
+            from rosbags.typesys import Stores, get_typestore
+        except ImportError:
+            raise SourceError(f'{path}: source:=rosbag needs the rosbags library (pip install rosbags)') from None
+        if not path.exists():
+            raise SourceError(f'{path}: does not exist')
+        self._path = path
+        try:
+            self._reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_KILTED))
+            self._reader.open()
+        except (AnyReaderError, OSError, ValueError, KeyError) as err:
+            raise SourceError(f'{path}: cannot read this rosbag2 ({err})') from None
+        images = [c for c in self._reader.connections if c.msgtype in self.IMAGE_TYPES]
+        if not images:
+            found = ', '.join(sorted({f'{c.topic} [{c.msgtype}]' for c in self._reader.connections})) or 'none'
+            raise SourceError(f'{path}: no sensor_msgs/Image or CompressedImage topic in this bag (topics: {found})')
+        if topic:
+            chosen = [c for c in images if c.topic == topic]
+            if not chosen:
+                names = ', '.join(sorted({c.topic for c in images}))
+                raise SourceError(f'{path}: no image topic {topic!r} in this bag (image topics: {names})')
+        else:
+            chosen = [c for c in images if c.topic == images[0].topic]
+        self.topic = chosen[0].topic
+        self._connections = chosen
+        self._messages = None
+        self.rewind()
+        first = self._next()
+        if first is None:
+            raise SourceError(f'{path}: topic {self.topic} holds no messages')
+        self._pending: np.ndarray | None = first
+
+    def _next(self) -> np.ndarray | None:
+        for connection, _, raw in self._messages:
+            msg = self._reader.deserialize(raw, connection.msgtype)
+            try:
+                if connection.msgtype.endswith('CompressedImage'):
+                    ros = CompressedImage(format=msg.format, data=msg.data.tobytes())
+                    return compressed_to_rgb(ros)
+                ros = Image(height=msg.height, width=msg.width, encoding=msg.encoding,
+                            is_bigendian=msg.is_bigendian, step=msg.step, data=msg.data.tobytes())
+                return image_to_rgb(ros)
+            except ValueError as err:
+                raise SourceError(f'{self._path}: cannot convert a message on {self.topic} ({err})') from None
+        return None
+
+    def read(self) -> np.ndarray | None:
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        return self._next()
+
+    def rewind(self) -> None:
+        self._messages = self._reader.messages(connections=self._connections)
+        self._pending = None
+
+
+def open_source(source: str, path: str, width: int = 0, height: int = 0, topic: str = '',
+                seed: int = 0) -> FrameReader:
+    """Open a frame source by name; SourceError with the path and the problem if that is impossible."""
+    if source not in SOURCES:
+        raise SourceError(f"source '{source}': unknown (choose one of {', '.join(SOURCES)})")
+    if source == 'synthetic':
+        return SyntheticReader(width, height, seed)
+    if not path:
+        raise SourceError(f"source '{source}': needs the 'path' parameter")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SourceError(f'{p}: does not exist')
+    if source == 'folder':
+        return FolderReader(p)
+    if source == 'video':
+        return VideoReader(p)
+    return RosbagReader(p, topic)
+
+
+def _describe(text: str) -> ParameterDescriptor:
+    return ParameterDescriptor(description=text)
+
+
+class ImageSource(Node):
+    """Publishes one frame per timer tick, plus a camera_info with the same header."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__('image_source', **kwargs)
+        p = self.declare_parameter
+        p('source', 'synthetic', _describe(f"frame source: {' | '.join(SOURCES)}"))
+        p('path', '', _describe('video file, image folder or rosbag2 (directory, .db3, .mcap)'))
+        p('topic', '', _describe('rosbag image topic to replay; empty = the first image topic'))
+        p('rate', 15.0, _describe('frames per second'))
+        p('width', 0, _describe('output width in pixels; 0 = the source size (synthetic: 640)'))
+        p('height', 0, _describe('output height in pixels; 0 = the source size (synthetic: 480)'))
+        p('encoding', 'rgb8', _describe(f"image encoding: {', '.join(SUPPORTED_ENCODINGS)}"))
+        p('frame_id', 'camera', _describe('header.frame_id of images and camera_info'))
+        p('loop', True, _describe('restart a video, folder or bag at its end (synthetic never ends)'))
+        p('num_frames', 0, _describe('frames to publish, then exit 0; 0 = until the source ends or forever'))
+        p('qos_reliability', 'reliable', _describe('reliable | best_effort (reliable reaches both kinds)'))
+        p('seed', 0, _describe('first synthetic scene seed'))
+        p('wait_for_subscribers', 0,
+          _describe('hold the first frame until this many subscribers see camera/image_raw'))
+
+        value = lambda name: self.get_parameter(name).value  # noqa: E731
+        self.rate = float(value('rate'))
+        self.encoding = str(value('encoding'))
+        self.frame_id = str(value('frame_id'))
+        self.loop = bool(value('loop'))
+        self.num_frames = int(value('num_frames'))
+        self.width, self.height = int(value('width')), int(value('height'))
+        self.wait_for_subscribers = int(value('wait_for_subscribers'))
+        reliability = str(value('qos_reliability')).lower().replace('-', '_')
+        if self.rate <= 0 or not math.isfinite(self.rate):
+            raise SourceError(f'rate {self.rate}: must be a positive number of frames per second')
+        if self.encoding not in SUPPORTED_ENCODINGS:
+            raise SourceError(f"encoding '{self.encoding}': unsupported (choose one of "
+                              f"{', '.join(SUPPORTED_ENCODINGS)})")
+        if reliability not in ('reliable', 'best_effort'):
+            raise SourceError(f"qos_reliability '{reliability}': choose reliable or best_effort")
+        if self.width < 0 or self.height < 0 or self.num_frames < 0:
+            raise SourceError('width, height and num_frames must not be negative')
+
+        self.source_name = str(value('source'))
+        self.reader = open_source(self.source_name, str(value('path')), self.width, self.height,
+                                  str(value('topic')), int(value('seed')))
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
+                         reliability=(ReliabilityPolicy.RELIABLE if reliability == 'reliable'
+                                      else ReliabilityPolicy.BEST_EFFORT))
+        self.image_pub = self.create_publisher(Image, 'camera/image_raw', qos)
+        self.info_pub = self.create_publisher(CameraInfo, 'camera/camera_info', qos)
+        self.published = 0
+        self.done = False
+        self._info: CameraInfo | None = None
+        self._ready_since: float | None = None
+        self._timer = self.create_timer(1.0 / self.rate, self._tick)
+        self.get_logger().info(
+            f'publishing {self.source_name} frames on {self.image_pub.topic_name} at {self.rate:g} Hz '
+            f'({self.encoding}' + (f', {self.num_frames} frames' if self.num_frames else '') + ')')
+
+    def _subscribers_ready(self) -> bool:
+        if self.wait_for_subscribers <= 0:
+            return True
+        if self.image_pub.get_subscription_count() < self.wait_for_subscribers:
+            self._ready_since = None
+            return False
+        # Discovery has matched; give the data connection (LARGE_DATA uses TCP) a moment to come up.
+        now = time.monotonic()
+        self._ready_since = self._ready_since or now
+        if now - self._ready_since < 1.0:
+            return False
+        self.wait_for_subscribers = 0
+        return True
+
+    def _next_frame(self) -> np.ndarray | None:
+        frame = self.reader.read()
+        if frame is None and self.loop and self.published > 0:
+            self.reader.rewind()
+            frame = self.reader.read()
+        return frame
+
+    def _tick(self) -> None:
+        if self.done or not self._subscribers_ready():
+            return
+        frame = self._next_frame()
+        if frame is None:
+            self.get_logger().info(f'{self.source_name} source ended after {self.published} frames')
+            self.done = True
+            return
+        frame = resize_rgb(frame, self.width, self.height)
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
+        image = rgb_to_image(frame, self.encoding, header)
+        h, w = frame.shape[:2]
+        if self._info is None or (self._info.width, self._info.height) != (w, h):
+            self._info = pinhole_camera_info(w, h, self.frame_id)
+        self._info.header = header
+        self.image_pub.publish(image)
+        self.info_pub.publish(self._info)
+        self.published += 1
+        if self.num_frames and self.published >= self.num_frames:
+            self.done = True
+
+
+def _fail(message: str) -> int:
+    print(f'image_source: error: {message}', file=sys.stderr, flush=True)
+    return 2
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of `image_source`: 0 after num_frames / the end of the source / Ctrl-C, 2 on bad input."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ImageSource()
+        while rclpy.ok() and not node.done:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        # Let the last frames leave the process before the publisher goes away.
+        end = time.monotonic() + 0.5
+        while rclpy.ok() and time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        return 0
+    except SourceError as err:
+        return _fail(str(err))
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
