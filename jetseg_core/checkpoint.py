@@ -93,9 +93,9 @@ class CheckpointMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CheckpointMeta:
-        """Validate and convert parsed JSON; ValueError says which field is wrong."""
+        """Validate and convert parsed JSON; the ValueError/TypeError says which field is wrong."""
         if not isinstance(data, dict):
-            raise ValueError('metadata is not a JSON object')
+            raise TypeError('metadata is not a JSON object')
         required = ('profile', 'num_classes', 'class_names', 'class_colors', 'input_size')
         missing = [k for k in required if k not in data]
         if missing:
@@ -121,7 +121,7 @@ class CheckpointMeta:
             raise ValueError(f'metadata std must be positive, got {std}')
         extra = data.get('extra', {})
         if not isinstance(extra, dict):
-            raise ValueError('metadata extra must be a JSON object')
+            raise TypeError('metadata extra must be a JSON object')
         return cls(profile=profile, num_classes=k, class_names=list(names),
                    class_colors=[[int(v) for v in c] for c in colors],
                    input_size=(size[0], size[1]), mean=mean, std=std,
@@ -231,7 +231,7 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
     end = 0
     for name, info in header.items():
         try:
-            start, stop = info['data_offsets']
+            _, stop = info['data_offsets']
             end = max(end, int(stop))
         except (TypeError, KeyError, ValueError):
             raise CheckpointError(path, f'corrupt safetensors header (bad entry for tensor {name!r})') from None
@@ -247,7 +247,7 @@ def _parse_meta(path: Path, metadata: dict[str, str]) -> CheckpointMeta:
         return CheckpointMeta.from_dict(json.loads(metadata['jetseg']))
     except json.JSONDecodeError as exc:
         raise CheckpointError(path, f'corrupt metadata (not JSON: {exc})') from None
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise CheckpointError(path, f'corrupt metadata: {exc}') from None
 
 

@@ -28,12 +28,12 @@ class REU(nn.Module):
 class TanhExp(nn.Module):
     """TanhExp(x) = x * tanh(exp(x)); described in the paper as an alternative to REU.
 
-    exp is clamped at 20 where tanh(exp(x)) is already 1 in float32, which avoids
+    exp is clamped at 10 where tanh(exp(x)) is already 1 (and exp fits float16), which avoids
     inf * 0 = NaN in the backward pass for large inputs.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.tanh(torch.exp(torch.clamp(x, max=20.0)))
+        return x * torch.tanh(torch.exp(torch.clamp(x, max=10.0)))
 
 
 def make_activation(name: str) -> nn.Module:
@@ -101,7 +101,7 @@ class JetConv(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, square_kernel: int = 3,
-                 stride: int = 1, activation: str = 'reu') -> None:
+                 stride: int = 1, activation: str = 'reu', inner_activation: bool = True) -> None:
         super().__init__()
         d = dilation_for_kernel(kernel)
         pad = d * (kernel - 1) // 2
@@ -115,7 +115,8 @@ class JetConv(nn.Module):
         self.dw_square = nn.Conv2d(c, c, square_kernel, stride, padding=square_kernel // 2, groups=c,
                                    bias=False)
         self.bn_dw = nn.BatchNorm2d(c)
-        self.act = make_activation(activation)
+        # No activation between depthwise and pointwise where the input is thin (the RGB stem).
+        self.act = make_activation(activation) if inner_activation else nn.Identity()
         self.groups = group_count(in_channels, out_channels)
         self.pw = nn.Conv2d(in_channels, out_channels, 1, groups=self.groups, bias=False)
         self.bn_pw = nn.BatchNorm2d(out_channels)
@@ -219,6 +220,7 @@ class JetBlock(nn.Module):
                  activation: str = 'reu') -> None:
         super().__init__()
         self.residual = stride == 1 and in_channels == out_channels
+        self.out_channels = out_channels
         g_expand = group_count(in_channels, expand_channels)
         self.expand = ConvBnAct(in_channels, expand_channels, 1, groups=g_expand, activation=activation)
         self.shuffle = ChannelShuffle(g_expand)
@@ -241,7 +243,8 @@ class JetStem(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel: int, square_kernel: int = 3,
                  activation: str = 'reu') -> None:
         super().__init__()
-        self.jetconv = JetConv(in_channels, out_channels, kernel, square_kernel, 2, activation)
+        self.jetconv = JetConv(in_channels, out_channels, kernel, square_kernel, 2, activation,
+                               inner_activation=False)
         self.act = make_activation(activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

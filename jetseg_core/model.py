@@ -20,43 +20,61 @@ from .profiles import (
     get_profile,
 )
 
-__all__ = ['JetNet', 'JetSeg', 'JetSegDecoder', 'build_model', 'build_from_profile']
+__all__ = ['JetNet', 'JetSeg', 'JetSegDecoder', 'build_from_profile', 'build_model']
+
+
+def _is_exporting() -> bool:
+    """True while tracing/compiling, where Python-side shape checks would be baked in or break graphs."""
+    if torch.jit.is_tracing():
+        return True
+    is_compiling = getattr(getattr(torch, 'compiler', None), 'is_compiling', None)
+    return bool(is_compiling and is_compiling())
 
 
 class JetNet(nn.Module):
-    """Encoder: S0 halves the image, each of S1..S3 halves again (strides 2, 4, 8, 16).
+    """Encoder: four stages S0..S3 (``s0``..``s3``) of JetBlocks with output strides 2, 4, 8, 16.
 
-    Each of S1..S3 is one downsampling JetBlock followed by the profile's residual JetBlocks.
+    S0 is a JetConv stem on the image; in S1..S3 each growing block is preceded by the
+    profile's residual blocks (the order of the authors' code).
     """
 
     def __init__(self, settings: JetSegProfile, activation: str = 'reu', in_channels: int = 3) -> None:
         super().__init__()
-        channels = settings.stage_channels()
         k, sq = settings.stage_kernels, settings.square_kernel
-        self.channels = channels
-
-        s0: list[nn.Module] = [JetStem(in_channels, channels[0], k[0], sq, activation)]
-        s0 += [self._residual(settings, channels[0], 0, activation) for _ in range(settings.residual_blocks[0])]
+        if len(settings.stage_strides) != 4 or any(len(s) == 0 for s in settings.stage_strides):
+            raise ValueError('stage_strides needs at least one block for each of the four stages')
+        if settings.stage_strides[0][0] != 2:
+            raise ValueError('the S0 stem must have stride 2')
+        c = settings.grown_channels(0, in_channels)
+        s0: list[nn.Module] = [JetStem(in_channels, c, k[0], sq, activation)]
+        for stride in settings.stage_strides[0][1:]:
+            s0 += self._growing(settings, 0, c, stride, activation)
+            c = s0[-1].out_channels
+        s0 += [self._residual(settings, 0, c, activation) for _ in range(settings.residual_blocks[0])]
         self.s0 = nn.Sequential(*s0)
-        self.s1 = self._stage(settings, 1, channels[0], channels[1], activation)
-        self.s2 = self._stage(settings, 2, channels[1], channels[2], activation)
-        self.s3 = self._stage(settings, 3, channels[2], channels[3], activation)
+        channels = [c]
+        for stage in (1, 2, 3):
+            blocks: list[nn.Module] = []
+            for stride in settings.stage_strides[stage]:
+                blocks += [self._residual(settings, stage, c, activation)
+                           for _ in range(settings.residual_blocks[stage])]
+                blocks += self._growing(settings, stage, c, stride, activation)
+                c = blocks[-1].out_channels
+            setattr(self, f's{stage}', nn.Sequential(*blocks))
+            channels.append(c)
+        self.channels = tuple(channels)
 
     @staticmethod
-    def _residual(settings: JetSegProfile, width: int, stage: int, activation: str) -> JetBlock:
-        return JetBlock(width, settings.expand_channels(width), width, settings.stage_kernels[stage],
-                        settings.square_kernel, 1, settings.stage_attention[stage], activation)
+    def _residual(settings: JetSegProfile, stage: int, width: int, activation: str) -> JetBlock:
+        return JetBlock(width, width, width, settings.stage_kernels[stage], settings.square_kernel, 1,
+                        settings.stage_attention[stage], activation)
 
-    @classmethod
-    def _stage(cls, settings: JetSegProfile, stage: int, in_ch: int, out_ch: int,
-               activation: str) -> nn.Sequential:
-        blocks: list[nn.Module] = [
-            JetBlock(in_ch, settings.expand_channels(in_ch), out_ch, settings.stage_kernels[stage],
-                     settings.square_kernel, 2, settings.stage_attention[stage], activation)
-        ]
-        blocks += [cls._residual(settings, out_ch, stage, activation)
-                   for _ in range(settings.residual_blocks[stage])]
-        return nn.Sequential(*blocks)
+    @staticmethod
+    def _growing(settings: JetSegProfile, stage: int, in_ch: int, stride: int,
+                 activation: str) -> list[JetBlock]:
+        out_ch = settings.grown_channels(stage, in_ch)
+        return [JetBlock(in_ch, settings.expand_channels(in_ch), out_ch, settings.stage_kernels[stage],
+                         settings.square_kernel, stride, settings.stage_attention[stage], activation)]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         f0 = self.s0(x)
@@ -91,8 +109,8 @@ class JetSegDecoder(nn.Module):
         self.head_deep = ConvBnAct(deep_channels, width, 1, activation=activation)
         self.head_mid = ConvBnAct(mid_channels, width, 1, activation=activation)
         self.head_shallow = ConvBnAct(shallow_channels, shallow_width, 1, activation=activation)
-        self.fuse_mid = DSConv(width, half, activation)
-        self.fuse_shallow = DSConv(half + shallow_width, half, activation)
+        self.fuse_mid = DSConv(width, width, activation)
+        self.fuse_shallow = DSConv(width + shallow_width, half, activation)
         self.classifier = nn.Conv2d(half, num_classes, 1)
 
     def forward(self, shallow: torch.Tensor, mid: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
@@ -134,7 +152,7 @@ class JetSeg(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        if not _is_exporting():
             if x.dim() != 4 or x.shape[1] != 3:
                 raise ValueError(f'JetSeg expects an N x 3 x H x W tensor, got shape {tuple(x.shape)}')
             if x.shape[-2] < MIN_INPUT_SIDE or x.shape[-1] < MIN_INPUT_SIDE:
@@ -147,7 +165,7 @@ class JetSeg(nn.Module):
 
 def build_from_profile(settings: JetSegProfile, num_classes: int, activation: str = 'reu') -> JetSeg:
     """Build from a profile object (e.g. a ``dataclasses.replace`` variant of a named profile)."""
-    check_num_classes(num_classes)
+    num_classes = check_num_classes(num_classes)
     if not isinstance(activation, str) or activation.lower() not in ACTIVATIONS:
         raise ValueError(f'unknown activation {activation!r}; valid activations: {", ".join(ACTIVATIONS)}')
     return JetSeg(settings, num_classes, activation)

@@ -5,6 +5,7 @@ variant is a new table, never new layer code.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 MIN_CLASSES = 2
@@ -17,9 +18,12 @@ ACTIVATIONS = ('reu', 'tanhexp')
 class JetSegProfile:
     """Settings of one JetSeg variant (paper Table 1 / the authors' arch config).
 
-    Channel rule (paper/authors): S0 = b, S1 = S0 + b, S2 = S1 + 2b, S3 = 2 * S2,
-    each capped at ``max_channels``; block expansions are 2x their input,
-    capped at ``max_expand_channels``.
+    Block layout (authors' code for a 512 px input, fixed here so the network does
+    not change with the input size): each stage is a list of "growing" JetBlocks,
+    each preceded by ``residual_blocks[stage]`` residual JetBlocks. A growing block
+    widens the features by the paper's channel rule (S0: b, S1: +b, S2: +2b,
+    S3: x2, capped at ``max_channels``) with an expansion of 2x its input (capped
+    at ``max_expand_channels``); a residual block keeps its width (expansion 1x).
     """
 
     name: str
@@ -37,19 +41,27 @@ class JetSegProfile:
     # Resolution of the decoder's shallow branch: 4 -> S1 features (RegSeg style, default);
     # 2 -> S0 features (like the authors' decoder, which runs at 1/2 resolution).
     decoder_stride: int = 4
+    # Stride of each growing block per stage: output strides 2, 4, 8, 16 (RegSeg keeps 1/16 too).
+    stage_strides: tuple[tuple[int, ...], ...] = ((2,), (2,), (2, 1), (2, 1))
 
-    def stage_channels(self) -> tuple[int, int, int, int]:
-        """Output channels of S0..S3 from the paper's channel rule."""
-        b, cap = self.base_channels, self.max_channels
-        s0 = min(b, cap)
-        s1 = min(s0 + b, cap)
-        s2 = min(s1 + 2 * b, cap)
-        s3 = min(2 * s2, cap)
-        return s0, s1, s2, s3
+    def grown_channels(self, stage: int, in_channels: int) -> int:
+        """Output width of a growing block in ``stage`` (the paper's channel rule, capped)."""
+        b = self.base_channels
+        out = (b, in_channels + b, in_channels + 2 * b, 2 * in_channels)[stage]
+        return min(out, self.max_channels)
 
     def expand_channels(self, in_channels: int) -> int:
-        """Width inside a JetBlock: twice its input, capped."""
+        """Width inside a growing JetBlock: twice its input, capped."""
         return min(2 * in_channels, self.max_expand_channels)
+
+    def stage_channels(self) -> tuple[int, ...]:
+        """Output channels of S0..S3."""
+        channels, c = [], 3
+        for stage, strides in enumerate(self.stage_strides):
+            for _ in strides:
+                c = self.grown_channels(stage, c)
+            channels.append(c)
+        return tuple(channels)
 
     def shallow_head_channels(self) -> int:
         """Width of the decoder's shallow (1/4 or 1/2) head; RegSeg uses 8 for width 128."""
@@ -83,8 +95,10 @@ def get_profile(name: str) -> JetSegProfile:
 
 def check_num_classes(num_classes: int) -> int:
     """Labels are published as uint8 with 255 reserved for 'ignore', hence 2..255."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+    try:
+        n = operator.index(num_classes)  # accepts numpy integers, rejects floats and strings
+    except TypeError:
+        n = None
+    if n is None or isinstance(num_classes, bool) or not MIN_CLASSES <= n <= MAX_CLASSES:
         raise ValueError(f'num_classes must be an integer in {MIN_CLASSES}..{MAX_CLASSES}, got {num_classes!r}')
-    if not MIN_CLASSES <= num_classes <= MAX_CLASSES:
-        raise ValueError(f'num_classes must be in {MIN_CLASSES}..{MAX_CLASSES}, got {num_classes}')
-    return num_classes
+    return n

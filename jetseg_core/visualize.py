@@ -55,7 +55,7 @@ def blend(rgb: np.ndarray, color_mask: np.ndarray, alpha: float) -> np.ndarray:
         raise ValueError(f'blend needs two HxWx3 images of one size, got {rgb.shape} and {color_mask.shape}')
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f'alpha must lie in [0, 1], got {alpha}')
-    a = int(round(float(alpha) * 256))
+    a = round(float(alpha) * 256)
     # 255 * 256 + 128 < 2**16: the weighted sum never overflows uint16.
     out = np.multiply(rgb, 256 - a, dtype=np.uint16)
     out += np.multiply(color_mask, a, dtype=np.uint16)

@@ -13,6 +13,7 @@ Conventions:
 """
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -84,7 +85,7 @@ def _pixel_rows(msg: Image, enc: str) -> np.ndarray:
 
 def _yuv_to_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """BT.601 limited range; inputs float32 of one shape, output uint8 (..., 3)."""
-    c = (y - 16.0) * 1.164
+    c = np.maximum(y - 16.0, 0.0) * 1.164  # like OpenCV: footroom below black clamps to black
     d = u - 128.0
     e = v - 128.0
     rgb = np.stack((c + 1.596 * e, c - 0.392 * d - 0.813 * e, c + 2.017 * d), axis=-1)
@@ -109,23 +110,34 @@ _KERNEL_RB = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32)
 _KERNEL_G = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], np.float32)
 
 
-def _demosaic(raw: np.ndarray, enc: str) -> np.ndarray:
-    """Bilinear demosaic by normalised convolution: each missing sample is the weighted mean of
-    its same-colour neighbours, measured samples are kept as they are."""
-    h, w = raw.shape
+@functools.lru_cache(maxsize=8)
+def _bayer_masks(shape: tuple[int, int], enc: str) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+    """Per channel: (where it was measured, 1 / neighbour weight, kernel); fixed per size and pattern."""
+    h, w = shape
     tile = _BAYER_TILE[enc]
     colour = np.empty((h, w), np.uint8)
     for index, (dy, dx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
         colour[dy::2, dx::2] = tile[index]
-    values = raw.astype(np.float32)
-    rgb = np.empty((h, w, 3), np.uint8)
+    masks = []
     for channel in range(3):
-        mask = (colour == channel).astype(np.float32)
+        measured = (colour == channel).astype(np.float32)
         kernel = _KERNEL_G if channel == 1 else _KERNEL_RB
-        weights = _conv3x3(mask, kernel)
-        estimate = _conv3x3(values * mask, kernel) / np.maximum(weights, 1e-6)
-        plane = np.where(mask > 0, values, estimate)
-        rgb[..., channel] = np.clip(np.rint(plane), 0, 255).astype(np.uint8)
+        inverse_weight = 1.0 / np.maximum(_conv3x3(measured, kernel), 1e-6)
+        masks.append((measured, inverse_weight, kernel))
+    return tuple(masks)
+
+
+def _demosaic(raw: np.ndarray, enc: str) -> np.ndarray:
+    """Bilinear demosaic by normalised convolution: each missing sample is the weighted mean of
+    its same-colour neighbours, measured samples are kept as they are."""
+    values = raw.astype(np.float32)
+    rgb = np.empty((*raw.shape, 3), np.uint8)
+    for channel, (measured, inverse_weight, kernel) in enumerate(_bayer_masks(raw.shape, enc)):
+        plane = _conv3x3(values * measured, kernel)
+        plane *= inverse_weight
+        plane = np.where(measured > 0, values, plane)
+        np.clip(np.rint(plane), 0, 255, out=plane)
+        rgb[..., channel] = plane
     return rgb
 
 

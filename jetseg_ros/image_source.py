@@ -18,13 +18,19 @@ from typing import Protocol
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from jetseg_ros.image_conversion import SUPPORTED_ENCODINGS, compressed_to_rgb, image_to_rgb, rgb_to_image
+from jetseg_ros.image_conversion import (
+    SUPPORTED_ENCODINGS,
+    compressed_to_rgb,
+    image_to_rgb,
+    rgb_to_image,
+)
 
 SOURCES = ('synthetic', 'video', 'folder', 'rosbag')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -270,7 +276,7 @@ class ImageSource(Node):
         p('source', 'synthetic', _describe(f"frame source: {' | '.join(SOURCES)}"))
         p('path', '', _describe('video file, image folder or rosbag2 (directory, .db3, .mcap)'))
         p('topic', '', _describe('rosbag image topic to replay; empty = the first image topic'))
-        p('rate', 15.0, _describe('frames per second'))
+        p('rate', 15.0, ParameterDescriptor(description='frames per second', dynamic_typing=True))
         p('width', 0, _describe('output width in pixels; 0 = the source size (synthetic: 640)'))
         p('height', 0, _describe('output height in pixels; 0 = the source size (synthetic: 480)'))
         p('encoding', 'rgb8', _describe(f"image encoding: {', '.join(SUPPORTED_ENCODINGS)}"))
@@ -282,9 +288,12 @@ class ImageSource(Node):
         p('wait_for_subscribers', 0,
           _describe('hold the first frame until this many subscribers see camera/image_raw'))
 
-        value = lambda name: self.get_parameter(name).value  # noqa: E731
-        self.rate = float(value('rate'))
-        self.encoding = str(value('encoding'))
+        value = lambda name: self.get_parameter(name).value
+        try:
+            self.rate = float(value('rate'))
+        except (TypeError, ValueError):
+            raise SourceError(f"rate '{value('rate')}': must be a number of frames per second") from None
+        self.encoding = str(value('encoding')).strip().lower()
         self.frame_id = str(value('frame_id'))
         self.loop = bool(value('loop'))
         self.num_frames = int(value('num_frames'))
@@ -381,6 +390,8 @@ def main(args: list[str] | None = None) -> int:
         return 0
     except SourceError as err:
         return _fail(str(err))
+    except ParameterException as err:
+        return _fail(f'bad parameter: {err}')
     except (KeyboardInterrupt, ExternalShutdownException):
         return 0
     finally:

@@ -41,6 +41,9 @@ API (import with ``from ros_testing import ...`` from a test in test/):
     on timeout), ``.wait_for(predicate, timeout) -> msg`` (first message, received
     from now on or already recorded, for which predicate(msg) is true; AssertionError
     on timeout).
+``start_segmentation_node(domain_id, params=None, remaps=None, name=None) -> RosProcess``
+    The JetSeg node from the source tree; ``wait_until_ready(proc, timeout)`` waits for its
+    start-up line (AssertionError with the output if it exits first).
 ``wait_until(predicate, timeout, interval=0.05) -> bool``
     Polls a cheap predicate (for things with no event to wait on).
 """
@@ -343,3 +346,22 @@ class RosHarness:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ----------------------------------------------------------------------------- the segmentation node
+
+NODE_MODULE = 'jetseg_ros.segmentation_node'
+NODE_READY_LINE = 'ready: profile'
+
+
+def start_segmentation_node(domain_id: int, params: Mapping[str, Any] | None = None,
+                            remaps: Mapping[str, str] | None = None, name: str | None = None) -> RosProcess:
+    """Start ``python -m jetseg_ros.segmentation_node`` from the source tree (not yet ready: see below)."""
+    return RosProcess(python_module_command(NODE_MODULE, params, remaps, name), domain_id)
+
+
+def wait_until_ready(proc: RosProcess, timeout: float = 120.0) -> None:
+    """Wait for the node's start-up line; fail with its output if it exits or hangs."""
+    if not proc.wait_for_output(NODE_READY_LINE, timeout):
+        proc.stop()
+        raise AssertionError(f'node not ready in {timeout} s (exit {proc.proc.returncode}):\n{proc.output}')

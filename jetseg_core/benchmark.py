@@ -1,0 +1,218 @@
+"""Side-by-side CPU/GPU timing of the inference variants: ``jetseg-benchmark``.
+
+Shared machines are noisy, so the variants run interleaved (one frame each, in a
+rotating order) inside one process, and the table reports medians, p95 and the
+ratio of medians to the naive eager loop. Every timing is end to end for one
+uint8 frame: preprocessing, network, argmax and resize back to the frame size.
+
+Variants:
+  eager      the loop one would write first: no_grad, BN unfolded, NCHW, argmax
+  unfolded   Segmenter without BN folding (isolates what folding gains)
+  folded     Segmenter as the node runs it (BN folded)
+  folded-cl  folded + channels_last memory format
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from jetseg_core.checkpoint import CheckpointError, CheckpointMeta, resolve_checkpoint
+from jetseg_core.inference import Segmenter
+
+VARIANTS = ('eager', 'unfolded', 'folded', 'folded-cl')
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line on stderr, exit code 2
+        self.exit(2, f'{self.prog}: error: {message}\n')
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'360x480' -> (360, 480): height x width."""
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH like 360x480, got '{text}'") from None
+    if h < 64 or w < 64:
+        raise argparse.ArgumentTypeError(f'size must be at least 64x64, got {text}')
+    return h, w
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got '{text}'")
+    return values
+
+
+def _variant_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(',') if v.strip()]
+    bad = [n for n in names if n not in VARIANTS]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(bad) or text!r}; valid: {', '.join(VARIANTS)}")
+    return names
+
+
+def tune_malloc() -> bool:
+    """Stop glibc from returning big buffers to the OS after every frame (mmap/trim churn).
+
+    Equivalent to the GLIBC_TUNABLES setting in the project notes, applied at run time.
+    Returns False where the C library has no mallopt (not glibc).
+    """
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
+        ok = libc.mallopt(m_mmap_max, 0) == 1
+        ok &= libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+        ok &= libc.mallopt(m_top_pad, 256 * 1024 * 1024) == 1
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
+
+
+def _eager_runner(model: torch.nn.Module, meta: CheckpointMeta, device: torch.device) -> Callable:
+    """The straightforward loop: what the Segmenter is measured against."""
+    model = model.to(device).eval()
+    mean = torch.tensor(meta.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(meta.std, device=device).view(1, 3, 1, 1)
+    size = tuple(meta.input_size)
+
+    def run(rgb: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float() / 255.0
+        if tuple(x.shape[2:]) != size:
+            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+        with torch.no_grad():
+            labels = model((x - mean) / std).argmax(1, keepdim=True).float()
+        labels = F.interpolate(labels, size=rgb.shape[:2], mode='nearest')
+        return labels[0, 0].to(torch.uint8).cpu().numpy()
+
+    return run
+
+
+def _frame(size: tuple[int, int]) -> np.ndarray:
+    """A synthetic street scene (realistic value ranges) or, without it, noise."""
+    try:
+        from jetseg_core.data.synthetic import generate_scene
+
+        return generate_scene(0, size)[0]
+    except ImportError:
+        return np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, int] | None, threads: list[int],
+                  iterations: int, warmup: int, variants: list[str], checkpoint: str, device: str,
+                  out=None) -> dict[tuple[int, str], list[float]]:
+    """Time the variants interleaved; print the table; return raw times (ms) per (threads, variant)."""
+    out = out or sys.stdout
+    model, meta = resolve_checkpoint(checkpoint, profile)
+    if checkpoint.strip() == 'untrained':
+        meta.input_size = size  # random weights: run them at the size asked for
+    frame_size = frame_size or tuple(meta.input_size)
+    frame = _frame(frame_size)
+    options = {'unfolded': {'fold_bn': False, 'channels_last': False},
+               'folded': {'fold_bn': True, 'channels_last': False},
+               'folded-cl': {'fold_bn': True, 'channels_last': True}}
+    runners: dict[str, Callable] = {}
+    segmenters: dict[str, Segmenter] = {}
+    for name in variants:
+        if name == 'eager':
+            runners[name] = _eager_runner(model, meta, torch.device('cuda' if device == 'cuda' else 'cpu'))
+        else:
+            seg = Segmenter(model, meta, device=device, **options[name])
+            segmenters[name] = seg
+            runners[name] = lambda rgb, seg=seg: seg.segment(rgb).labels
+    dev = next(iter(segmenters.values())).device if segmenters else device
+    h, w = meta.input_size
+    print(f'JetSeg {profile} ({meta.num_classes} classes), network {h}x{w}, frame '
+          f'{frame_size[0]}x{frame_size[1]}, device {dev}, torch {torch.__version__}, '
+          f'{iterations} interleaved frames per variant', file=out)
+    times: dict[tuple[int, str], list[float]] = {}
+    model_ms: dict[tuple[int, str], list[float]] = {}
+    reference = None
+    for t in threads:
+        torch.set_num_threads(t)
+        for name, fn in runners.items():
+            for _ in range(warmup):
+                fn(frame)
+        for i in range(iterations):
+            order = variants[i % len(variants):] + variants[:i % len(variants)]  # rotate: no fixed slot
+            for name in order:
+                if name in segmenters:
+                    t0 = time.perf_counter()
+                    result = segmenters[name].segment(frame)
+                    times.setdefault((t, name), []).append((time.perf_counter() - t0) * 1000.0)
+                    model_ms.setdefault((t, name), []).append(result.inference_ms)
+                else:
+                    t0 = time.perf_counter()
+                    runners[name](frame)
+                    times.setdefault((t, name), []).append((time.perf_counter() - t0) * 1000.0)
+        if reference is None:
+            reference = runners[variants[0]](frame)
+    agree = {name: float((fn(frame) == reference).mean()) for name, fn in runners.items()}
+
+    print(f'{"threads":>7}  {"variant":<10} {"p50 ms":>8} {"p95 ms":>8} {"FPS":>7} {"net p50":>8} '
+          f'{"vs " + variants[0]:>9}  {"labels=":>7}', file=out)
+    for t in threads:
+        base = float(np.median(times[(t, variants[0])]))
+        for name in variants:
+            v = times[(t, name)]
+            p50 = float(np.median(v))
+            net = f'{np.median(model_ms[(t, name)]):8.1f}' if (t, name) in model_ms else f'{"-":>8}'
+            print(f'{t:>7}  {name:<10} {p50:8.1f} {_percentile(v, 95):8.1f} {1000.0 / p50:7.1f} {net} '
+                  f'{base / p50:8.2f}x  {agree[name]:7.2%}', file=out)
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    print(f'peak RSS {rss_mb:.0f} MiB; ratio = {variants[0]} median / variant median (higher is faster); '
+          f"labels= : pixels equal to {variants[0]}'s labels", file=out)
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(prog='jetseg-benchmark', description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--profile', default='nano', help='nano, agx or workstation (default nano)')
+    parser.add_argument('--size', type=parse_size, default=(360, 480),
+                        help='network input HEIGHTxWIDTH for untrained weights (default 360x480)')
+    parser.add_argument('--frame-size', type=parse_size, default=None,
+                        help='camera frame HEIGHTxWIDTH fed in (default: the network size)')
+    parser.add_argument('--threads', type=_int_list, default=[1, 2], help='thread counts, e.g. 1,2 (default)')
+    parser.add_argument('--iterations', type=int, default=30, help='timed frames per variant (default 30)')
+    parser.add_argument('--warmup', type=int, default=3, help='untimed frames per variant first (default 3)')
+    parser.add_argument('--variants', type=_variant_list, default=list(VARIANTS),
+                        help=f'comma-separated subset of {",".join(VARIANTS)}; the first is the baseline')
+    parser.add_argument('--checkpoint', default='untrained',
+                        help="'untrained' (default), '' for the shipped weights, or a checkpoint file")
+    parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda', 'auto'))
+    parser.add_argument('--tune-malloc', action='store_true',
+                        help='keep freed buffers in the process (glibc mallopt) instead of unmapping per frame')
+    args = parser.parse_args(argv)
+    if args.iterations < 1 or args.warmup < 0:
+        parser.error('--iterations must be >= 1 and --warmup >= 0')
+    if args.tune_malloc and not tune_malloc():
+        print('jetseg-benchmark: note: mallopt unavailable, --tune-malloc ignored', file=sys.stderr)
+    try:
+        run_benchmark(args.profile, args.size, args.frame_size, args.threads, args.iterations,
+                      args.warmup, args.variants, args.checkpoint, args.device)
+    except (CheckpointError, ValueError) as exc:
+        print(f'jetseg-benchmark: error: {exc}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

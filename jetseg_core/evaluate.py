@@ -1,0 +1,191 @@
+"""jetseg-eval: score a checkpoint on a dataset split.
+
+Prints the per-class IoU table, mIoU, pixel accuracy and images per second, draws the
+confusion matrix (rows normalised: where each true class goes) and optionally writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .train import (
+    DATASETS,
+    SYNTHETIC_VAL_SEED_OFFSET,
+    Dist,
+    OneLineParser,
+    UsageError,
+    parse_size,
+    positive_int,
+    select_device,
+)
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog='jetseg-eval', description=__doc__.splitlines()[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('checkpoint', nargs='?', default='',
+                   help="checkpoint file; empty: the shipped weights of --profile; 'untrained': random init")
+    p.add_argument('--profile', default='nano', help='profile of the shipped weights to use without a checkpoint')
+    p.add_argument('--dataset', default='synthetic', choices=DATASETS)
+    p.add_argument('--data-root', type=Path, default=None)
+    p.add_argument('--split', default='test', help='dataset split (synthetic: held-out scenes)')
+    p.add_argument('--size', type=parse_size, default=None, help="network input HxW (default: the checkpoint's)")
+    p.add_argument('--batch-size', type=positive_int, default=4)
+    p.add_argument('--device', default='auto')
+    p.add_argument('--threads', type=positive_int, default=None)
+    p.add_argument('--workers', type=int, default=0)
+    p.add_argument('--limit', type=positive_int, default=None, help='evaluate only the first N images')
+    p.add_argument('--synthetic-scenes', type=positive_int, default=64, help='held-out synthetic scenes')
+    p.add_argument('--seed', type=int, default=0,
+                   help=f'synthetic: the training seed; scenes start at seed + {SYNTHETIC_VAL_SEED_OFFSET}')
+    p.add_argument('--confusion', type=Path, default=Path('confusion.png'), help='confusion-matrix PNG')
+    p.add_argument('--json', type=Path, default=None, help='also write the results as JSON here')
+    return p
+
+
+def _dataset(args: argparse.Namespace, size: tuple[int, int], mean, std):
+    from .data.transforms import EvalTransform
+
+    tf = EvalTransform(size, mean=tuple(mean), std=tuple(std))
+    if args.dataset == 'synthetic':
+        from .data.synthetic import SyntheticScenes
+
+        return SyntheticScenes(args.synthetic_scenes, size, args.seed + SYNTHETIC_VAL_SEED_OFFSET, transform=tf)
+    from .data.datasets import DatasetError, build_dataset
+
+    if args.data_root is None:
+        raise UsageError(f'--dataset {args.dataset} needs --data-root')
+    if not args.data_root.is_dir():
+        raise UsageError(f'--data-root {args.data_root}: no such directory')
+    try:
+        return build_dataset(args.dataset, args.data_root, args.split, tf)
+    except (DatasetError, FileNotFoundError, NotADirectoryError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = '') -> None:
+    """Row-normalised confusion matrix: row = true class, column = predicted class."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    m = np.asarray(matrix, dtype=np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    k = len(class_names)
+    side = max(5.0, 0.45 * k + 2.5)
+    fig = Figure(figsize=(side + 1.0, side), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(norm, vmin=0.0, vmax=1.0, cmap='Blues')
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(k), labels=class_names, rotation=60, ha='right', fontsize=8)
+    ax.set_yticks(range(k), labels=class_names, fontsize=8)
+    ax.set(xlabel='predicted', ylabel='true', title=title or 'Confusion matrix (rows normalised)')
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if norm[i, j] >= 0.01:
+                    ax.text(j, i, f'{norm[i, j]:.2f}', ha='center', va='center', fontsize=6,
+                            color='white' if norm[i, j] > 0.5 else 'black')
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def run_evaluation(model: torch.nn.Module, dataset, num_classes: int, device: torch.device, batch_size: int,
+                   workers: int = 0, limit: int | None = None) -> tuple[Any, np.ndarray, float]:
+    """(metrics report, confusion matrix counts, model images per second) over a dataset."""
+    from .metrics import ConfusionMatrix
+
+    if limit is not None and limit < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(limit))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    cm = ConfusionMatrix(num_classes)
+    model.eval().to(device)
+    model_s, images = 0.0, 0
+    with torch.inference_mode():
+        for x, y in loader:
+            x = x.to(device)
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            pred = model(x).argmax(1)
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            model_s += time.perf_counter() - t0
+            images += x.shape[0]
+            cm.update(pred.cpu(), y)
+    report = cm.compute()
+    return report, np.asarray(report.confusion), images / max(model_s, 1e-9)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point `jetseg-eval`."""
+    try:
+        args = build_parser().parse_args(argv)
+        from .checkpoint import CheckpointError, resolve_checkpoint
+        from .metrics import format_iou_table
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        if args.dataset != 'synthetic' and (args.data_root is None or not args.data_root.is_dir()):
+            raise UsageError(f'--data-root {args.data_root}: no such directory' if args.data_root
+                             else f'--dataset {args.dataset} needs --data-root')
+        if args.checkpoint not in ('', 'untrained') and not Path(args.checkpoint).is_file():
+            raise UsageError(f'{args.checkpoint}: no such checkpoint file')
+        try:
+            model, meta = resolve_checkpoint(args.checkpoint, args.profile if args.checkpoint in ('', 'untrained') else None)
+        except CheckpointError as exc:
+            raise UsageError(str(exc)) from None
+        device = select_device(args.device, Dist())
+        size = args.size or tuple(meta.input_size)
+        dataset = _dataset(args, size, meta.mean, meta.std)
+        if len(dataset) == 0:
+            raise UsageError(f'{args.dataset} {args.split}: no images')
+        report, matrix, ips = run_evaluation(model, dataset, meta.num_classes, device, args.batch_size,
+                                             args.workers, args.limit)
+        if matrix.shape[0] != len(meta.class_names):
+            raise UsageError(f'dataset has {matrix.shape[0]} classes, checkpoint {len(meta.class_names)}')
+        n = min(len(dataset), args.limit or len(dataset))
+        print(f'{meta.profile} ({args.checkpoint or "shipped weights"}) on {args.dataset} {args.split}: '
+              f'{n} images at {size[0]}x{size[1]}, device {device}')
+        print(format_iou_table(report, list(meta.class_names)))
+        print(f'mIoU {100 * report.miou:.2f}%  pixel accuracy {100 * report.pixel_accuracy:.2f}%  '
+              f'{ips:.1f} images/s (model, batch {args.batch_size})')
+        args.confusion.parent.mkdir(parents=True, exist_ok=True)
+        plot_confusion(matrix, list(meta.class_names), args.confusion,
+                       title=f'{meta.profile} on {args.dataset} {args.split}: mIoU {100 * report.miou:.1f}%')
+        print(f'confusion matrix: {args.confusion}')
+        if args.json is not None:
+            per_class = [None if not np.isfinite(v) else float(v)
+                         for v in np.asarray(report.per_class_iou, dtype=np.float64)]
+            result = {
+                'checkpoint': args.checkpoint or 'shipped', 'profile': meta.profile, 'dataset': args.dataset,
+                'split': args.split, 'images': n, 'input_size': list(size), 'miou': float(report.miou),
+                'pixel_accuracy': float(report.pixel_accuracy),
+                'per_class_iou': dict(zip(meta.class_names, per_class)),
+                'absent_classes': [meta.class_names[i] if isinstance(i, int) else i
+                                   for i in getattr(report, 'absent_classes', [])],
+                'images_per_s': ips, 'device': str(device), 'confusion_matrix': matrix.tolist(),
+            }
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2))
+            print(f'json: {args.json}')
+        return 0
+    except UsageError as exc:
+        print(f'jetseg-eval: error: {exc}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('jetseg-eval: interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,644 @@
+"""jetseg-train: train JetSeg on CamVid, Cityscapes, an image folder or synthetic scenes.
+
+One process trains on CPU or one GPU; `torchrun --nproc-per-node N -m jetseg_core.train ...`
+trains data-parallel (DDP, NCCL on CUDA, Gloo on CPU) and only rank 0 writes files.
+The output directory receives best/last checkpoints (safetensors, with optimiser state for
+`--resume`), a CSV log and a PNG plot of loss and validation mIoU. Ctrl-C stops at the next
+step and saves `interrupted.safetensors`, which `--resume` continues from.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+from torch import nn
+
+DATASETS = ('camvid', 'camvid32', 'camvid32to11', 'cityscapes', 'folder', 'synthetic')
+LOSSES = ('jetloss', 'ce', 'jetloss+ce')
+#: ImageNet statistics: the usual normalisation, stored in every checkpoint so inference matches.
+DEFAULT_MEAN = (0.485, 0.456, 0.406)
+DEFAULT_STD = (0.229, 0.224, 0.225)
+DEFAULT_LR = {'adamw': 2e-3, 'sgd': 2e-2}
+CSV_FIELDS = ('epoch', 'train_loss', 'val_miou', 'val_pixel_accuracy', 'lr', 'images_per_s', 'epoch_s',
+              'elapsed_s')
+#: Train scenes use seeds seed, seed+1, ...; validation scenes start here so they never overlap.
+SYNTHETIC_VAL_SEED_OFFSET = 1_000_000
+
+
+class UsageError(Exception):
+    """Bad user input: reported as one line on stderr with exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are a single line (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """Parse 'HxW' (e.g. 240x320) into (H, W); the network needs both sides >= 64."""
+    try:
+        h, w = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'size must look like HxW (e.g. 240x320), got {text!r}') from None
+    if h < 64 or w < 64:
+        raise argparse.ArgumentTypeError(f'size {text}: height and width must be at least 64')
+    return h, w
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f'expected a non-negative number, got {text!r}')
+    return value
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog='jetseg-train', description=__doc__.splitlines()[0],
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--profile', default='nano', help='model profile: nano, agx or workstation')
+    p.add_argument('--activation', default='reu', help='activation of the network')
+    p.add_argument('--dataset', default='synthetic', choices=DATASETS)
+    p.add_argument('--data-root', type=Path, default=None, help='dataset directory (all but synthetic)')
+    p.add_argument('--train-split', default='train')
+    p.add_argument('--val-split', default='val')
+    p.add_argument('--size', type=parse_size, default=(240, 320), help='network input HxW')
+    p.add_argument('--epochs', type=positive_int, default=30)
+    p.add_argument('--batch-size', type=positive_int, default=8, help='per process')
+    p.add_argument('--optimizer', default='adamw', choices=('adamw', 'sgd'))
+    p.add_argument('--schedule', default='poly', choices=('poly', 'cosine'))
+    p.add_argument('--lr', type=non_negative_float, default=None,
+                   help=f'peak learning rate (default {DEFAULT_LR})')
+    p.add_argument('--weight-decay', type=non_negative_float, default=1e-4)
+    p.add_argument('--momentum', type=non_negative_float, default=0.9, help='SGD only')
+    p.add_argument('--warmup-steps', type=int, default=None,
+                   help='linear warm-up steps (default: 3%% of all steps, at most 200)')
+    p.add_argument('--loss', default='jetloss', choices=LOSSES)
+    p.add_argument('--no-augment', action='store_true', help='no random scale/flip/colour jitter')
+    p.add_argument('--amp', action='store_true', help='mixed precision (CUDA only)')
+    p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1), help='DataLoader workers')
+    p.add_argument('--threads', type=positive_int, default=None, help='torch CPU threads per process')
+    p.add_argument('--synthetic-scenes', type=positive_int, default=400, help='synthetic training scenes')
+    p.add_argument('--synthetic-val-scenes', type=positive_int, default=64, help='held-out synthetic scenes')
+    p.add_argument('--time-budget', type=non_negative_float, default=None, metavar='MINUTES',
+                   help='stop training after this wall-clock time, then validate and save')
+    p.add_argument('--resume', type=Path, default=None, metavar='PATH', help='checkpoint to continue from')
+    p.add_argument('--output', type=Path, default=None, help='output directory (default runs/<dataset>-<profile>)')
+    p.add_argument('--trained-on', default=None, help='text stored as trained_on in the checkpoints')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return p
+
+
+# --------------------------------------------------------------------------------------------- distributed
+@dataclass
+class Dist:
+    """Where this process sits in a torchrun job (world_size 1 when run alone)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def detect_dist() -> Dist:
+    """Read torchrun's WORLD_SIZE/RANK/LOCAL_RANK; absent means a single process."""
+    try:
+        world = int(os.environ.get('WORLD_SIZE', '1'))
+        rank = int(os.environ.get('RANK', '0'))
+        local = int(os.environ.get('LOCAL_RANK', str(rank)))
+    except ValueError:
+        raise UsageError('WORLD_SIZE/RANK/LOCAL_RANK must be integers') from None
+    return Dist(rank=rank, local_rank=local, world_size=max(world, 1))
+
+
+def select_device(spec: str, dist: Dist) -> torch.device:
+    if spec == 'auto':
+        spec = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if spec.startswith('cuda'):
+        if not torch.cuda.is_available():
+            raise UsageError(f'--device {spec}: CUDA is not available in this PyTorch build/machine')
+        if dist.enabled:
+            return torch.device('cuda', dist.local_rank)
+        return torch.device(spec)
+    if spec != 'cpu':
+        raise UsageError(f"--device must be 'auto', 'cpu' or 'cuda[:N]', got {spec!r}")
+    return torch.device('cpu')
+
+
+def any_rank(flag: bool, dist: Dist, device: torch.device) -> bool:
+    """True on every rank when the flag is set on any rank (keeps ranks stepping in lockstep)."""
+    if not dist.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def barrier(dist: Dist) -> None:
+    if dist.enabled:
+        torch.distributed.barrier()
+
+
+# --------------------------------------------------------------------------------------------------- data
+@dataclass
+class DataBundle:
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    class_names: list[str]
+    class_colors: list[list[int]]
+    pixel_counts: np.ndarray | None
+    description: str
+
+
+def _palette_for(dataset_name: str, dataset: Any):
+    """Class names and colours: from the dataset when it carries them, else the standard label set."""
+    from . import palettes
+
+    pal = getattr(dataset, 'palette', None)
+    if pal is not None:
+        return pal
+    name = {'camvid': 'camvid11', 'camvid32to11': 'camvid11', 'synthetic': 'camvid11',
+            'camvid32': 'camvid32', 'cityscapes': 'cityscapes19'}.get(dataset_name)
+    if name is None:
+        raise UsageError(f'dataset {dataset_name!r} does not say its class names')
+    return palettes.get_palette(name)
+
+
+class RenderedScenes(torch.utils.data.Dataset):
+    """Synthetic scenes rendered once and kept in memory: rendering costs about as much as a training
+    step on a small CPU, and scenes are the same every epoch (augmentation is applied on top)."""
+
+    def __init__(self, scenes: torch.utils.data.Dataset, transform: Any) -> None:
+        first_rgb, first_lab = scenes.load(0)
+        n = len(scenes)
+        self.rgb = np.empty((n, *first_rgb.shape), np.uint8)
+        self.labels = np.empty((n, *first_lab.shape), np.uint8)
+        for i in range(n):
+            self.rgb[i], self.labels[i] = scenes.load(i) if i else (first_rgb, first_lab)
+        self.palette = getattr(scenes, 'palette', None)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.rgb[index], self.labels[index]
+
+    def __getitem__(self, index: int):
+        rgb, labels = self.rgb[index], self.labels[index]
+        return self.transform(rgb, labels) if self.transform is not None else (rgb, labels)
+
+
+def maybe_cache(scenes: Any, transform: Any, max_bytes: int = 1 << 30) -> torch.utils.data.Dataset:
+    """Render synthetic scenes up front when they fit in max_bytes; else render on demand."""
+    h, w = scenes.size
+    if len(scenes) * h * w * 4 <= max_bytes:
+        return RenderedScenes(scenes, transform)
+    scenes.transform = transform
+    return scenes
+
+
+def count_pixels(dataset: torch.utils.data.Dataset, num_classes: int) -> np.ndarray:
+    """Per-class label pixel counts over a dataset whose items are (rgb, labels) arrays (no transform)."""
+    counts = np.zeros(256, dtype=np.int64)
+    for i in range(len(dataset)):
+        if hasattr(dataset, 'load_labels'):
+            labels = dataset.load_labels(i)
+        elif hasattr(dataset, 'load'):
+            labels = dataset.load(i)[1]
+        else:
+            labels = dataset[i][1]
+        labels = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+        counts += np.bincount(labels.astype(np.uint8, copy=False).ravel(), minlength=256)
+    return counts[:num_classes]
+
+
+def build_data(args: argparse.Namespace, need_counts: bool) -> DataBundle:
+    """Training/validation sets with their transforms, class names and (for JetLoss) pixel counts."""
+    from .data import transforms as T
+
+    size = args.size
+    if args.no_augment:
+        train_tf = T.EvalTransform(size, mean=DEFAULT_MEAN, std=DEFAULT_STD)
+    else:
+        train_tf = T.TrainTransform(size, mean=DEFAULT_MEAN, std=DEFAULT_STD)
+    val_tf = T.EvalTransform(size, mean=DEFAULT_MEAN, std=DEFAULT_STD)
+
+    if args.dataset == 'synthetic':
+        from .data.synthetic import SyntheticScenes
+
+        val_seed = args.seed + SYNTHETIC_VAL_SEED_OFFSET
+        train = maybe_cache(SyntheticScenes(args.synthetic_scenes, size, args.seed), train_tf)
+        val = maybe_cache(SyntheticScenes(args.synthetic_val_scenes, size, val_seed), val_tf)
+        raw = train if need_counts else None
+        desc = (f'synthetic CamVid-11-style scenes from jetseg_core.data.synthetic, {args.synthetic_scenes} scenes, '
+                f'seed {args.seed}, {size[0]}x{size[1]}, {args.epochs} epochs, {args.loss} loss, {args.optimizer}'
+                f'; NOT CamVid')
+    else:
+        from .data.datasets import DatasetError, build_dataset
+
+        if args.data_root is None:
+            raise UsageError(f'--dataset {args.dataset} needs --data-root')
+        if not args.data_root.is_dir():
+            raise UsageError(f'--data-root {args.data_root}: no such directory')
+        try:
+            train = build_dataset(args.dataset, args.data_root, args.train_split, train_tf)
+            val = build_dataset(args.dataset, args.data_root, args.val_split, val_tf)
+            raw = train if need_counts else None
+            if raw is not None and not (hasattr(raw, 'load_labels') or hasattr(raw, 'load')):
+                raw = build_dataset(args.dataset, args.data_root, args.train_split, None)
+        except (DatasetError, FileNotFoundError, NotADirectoryError) as exc:
+            raise UsageError(str(exc)) from None
+        desc = (f'{args.dataset} {args.train_split} split ({args.data_root}), {args.size[0]}x{args.size[1]}, '
+                f'{args.epochs} epochs, {args.loss} loss, {args.optimizer}')
+    if len(train) == 0 or len(val) == 0:
+        raise UsageError(f'dataset {args.dataset}: empty {"training" if len(train) == 0 else "validation"} split')
+    pal = _palette_for(args.dataset, train)
+    counts = count_pixels(raw, pal.num_classes) if raw is not None else None
+    return DataBundle(train, val, list(pal.class_names), [[int(c) for c in rgb] for rgb in pal.colors], counts, desc)
+
+
+def _worker_init(worker_id: int) -> None:
+    # Ctrl-C goes to the whole process group: workers ignore it and the main process decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loaders(data: DataBundle, args: argparse.Namespace, dist: Dist, device: torch.device):
+    sampler = None
+    gen = torch.Generator().manual_seed(args.seed)
+    if dist.enabled:
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            data.train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=args.seed, drop_last=True)
+    drop_last = len(data.train) >= args.batch_size * dist.world_size
+    kw: dict[str, Any] = {'num_workers': args.workers, 'pin_memory': device.type == 'cuda',
+                          'worker_init_fn': _worker_init if args.workers > 0 else None,
+                          'persistent_workers': args.workers > 0}
+    train = torch.utils.data.DataLoader(data.train, batch_size=args.batch_size, shuffle=sampler is None,
+                                        sampler=sampler, drop_last=drop_last, generator=gen, **kw)
+    val = torch.utils.data.DataLoader(data.val, batch_size=args.batch_size, shuffle=False, **kw)
+    return train, val, sampler
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+def lr_factor(progress: float, step: int, warmup_steps: int, schedule: str) -> float:
+    """Learning-rate multiplier: linear warm-up, then poly (power 0.9) or cosine decay to 0 at progress 1."""
+    progress = min(max(progress, 0.0), 1.0)
+    decay = (1.0 - progress) ** 0.9 if schedule == 'poly' else 0.5 * (1.0 + math.cos(math.pi * progress))
+    if warmup_steps > 0 and step < warmup_steps:
+        decay *= (step + 1) / warmup_steps
+    return decay
+
+
+def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only: decaying BN and biases only hurts a tiny network."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups = [{'params': decay, 'weight_decay': args.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    if args.optimizer == 'sgd':
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.momentum > 0)
+    else:
+        opt = torch.optim.AdamW(groups, lr=lr)
+    for g in opt.param_groups:
+        g['initial_lr'] = lr
+    return opt
+
+
+# ------------------------------------------------------------------------------------------------ logging
+@dataclass
+class History:
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+    def write_csv(self, path: Path) -> None:
+        tmp = path.with_suffix('.csv.tmp')
+        with open(tmp, 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+            w.writeheader()
+            for row in self.rows:
+                w.writerow({k: (f'{row[k]:.6g}' if isinstance(row[k], float) else row[k]) for k in CSV_FIELDS})
+        os.replace(tmp, path)
+
+    def plot(self, path: Path) -> None:
+        """Loss and mIoU per epoch; drawn with the Agg canvas directly (no display, no pyplot state)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(9, 3.6), dpi=100)
+        FigureCanvasAgg(fig)
+        epochs = [r['epoch'] for r in self.rows]
+        ax1, ax2 = fig.subplots(1, 2)
+        ax1.plot(epochs, [r['train_loss'] for r in self.rows], marker='o', color='tab:red')
+        ax1.set(xlabel='epoch', ylabel='training loss', title='Loss')
+        ax2.plot(epochs, [100 * r['val_miou'] for r in self.rows], marker='o', color='tab:blue')
+        ax2.set(xlabel='epoch', ylabel='mIoU (%)', title='Validation mIoU')
+        for ax in (ax1, ax2):
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+@torch.no_grad()
+def evaluate_model(model: nn.Module, loader, num_classes: int, device: torch.device, amp: bool = False):
+    """Confusion-matrix report (mIoU, per-class IoU, pixel accuracy) of a model over a loader."""
+    from .metrics import ConfusionMatrix
+
+    cm = ConfusionMatrix(num_classes)
+    was_training = model.training
+    model.eval()
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, enabled=amp):
+            logits = model(images)
+        cm.update(logits.argmax(1).cpu(), labels)
+    model.train(was_training)
+    return cm.compute()
+
+
+# ------------------------------------------------------------------------------------------------ training
+class StopRequest:
+    """Ctrl-C handler: the first press asks for a clean stop at the next step; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def install(self) -> None:
+        self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print('\njetseg-train: Ctrl-C: saving a checkpoint after this step (press again to abort)',
+              file=sys.stderr, flush=True)
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def train(args: argparse.Namespace, dist: Dist) -> int:
+    """The training run behind main(); returns the exit code."""
+    from .checkpoint import (
+        CheckpointError,
+        CheckpointMeta,
+        load_checkpoint,
+        restore_training_state,
+        save_checkpoint,
+    )
+    from .loss import build_loss
+    from .model import build_model
+
+    device = select_device(args.device, dist)
+    if args.amp and device.type != 'cuda':
+        raise UsageError('--amp needs a CUDA device')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    if args.resume is not None and not args.resume.is_file():
+        raise UsageError(f'--resume {args.resume}: no such file')
+    out_dir: Path = args.output or Path('runs') / f'{args.dataset}-{args.profile}'
+    log = print if dist.is_main else (lambda *a, **k: None)
+
+    data = build_data(args, need_counts=args.loss != 'ce')
+    num_classes = len(data.class_names)
+    try:
+        model = build_model(args.profile, num_classes, activation=args.activation)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    optimizer = build_optimizer(model, args)
+    start_epoch, best_miou, history = 1, -1.0, History()
+    if args.resume is not None:
+        try:
+            loaded, _ = load_checkpoint(args.resume, profile=args.profile, num_classes=num_classes)
+            model.load_state_dict(loaded.state_dict())
+            state = restore_training_state(args.resume, optimizer)
+        except CheckpointError as exc:
+            raise UsageError(str(exc)) from None
+        except (RuntimeError, ValueError) as exc:
+            raise UsageError(f'{args.resume}: does not match this model/optimiser ({str(exc).splitlines()[0]})') from None
+        start_epoch = int(state.get('epoch', 0)) + 1
+        best_miou = float(state.get('best_miou', -1.0))
+        history.rows = [dict(r) for r in state.get('history', [])]
+        log(f'jetseg-train: resuming {args.resume} after epoch {start_epoch - 1} (best mIoU {best_miou:.4f})')
+    model.to(device)
+    for g in optimizer.param_groups:  # optimiser tensors follow the model
+        for p in g['params']:
+            for k, v in optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and k != 'step':
+                    optimizer.state[p][k] = v.to(device)
+    criterion = build_loss(args.loss, num_classes, pixel_counts=data.pixel_counts).to(device)
+
+    net: nn.Module = model
+    if dist.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == 'cuda' else None)
+    train_loader, val_loader, sampler = make_loaders(data, args, dist, device)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise UsageError(f'training set has {len(data.train)} images: fewer than one batch per process')
+    total_steps = steps_per_epoch * args.epochs
+    warmup = args.warmup_steps if args.warmup_steps is not None else min(200, total_steps * 3 // 100)
+    scaler = torch.amp.GradScaler('cuda', enabled=args.amp)
+
+    trained_on = args.trained_on or data.description
+    meta_base = {'profile': args.profile, 'num_classes': num_classes, 'class_names': data.class_names,
+                 'class_colors': data.class_colors, 'input_size': tuple(args.size), 'mean': list(DEFAULT_MEAN),
+                 'std': list(DEFAULT_STD), 'trained_on': trained_on, 'activation': args.activation,
+                 'package_version': _package_version()}
+
+    def save(path: Path, epoch: int, miou: float) -> None:
+        extra = {'epoch': epoch, 'miou': miou, 'best_miou': best_miou, 'dataset': args.dataset,
+                 'loss': args.loss, 'optimizer': args.optimizer, 'schedule': args.schedule,
+                 'batch_size': args.batch_size * dist.world_size, 'epochs': args.epochs, 'seed': args.seed}
+        state = {'epoch': epoch, 'best_miou': best_miou, 'history': history.rows, 'global_step': step,
+                 'scaler': scaler.state_dict() if args.amp else {}}
+        save_checkpoint(path, model, CheckpointMeta(**meta_base, extra=extra), optimizer=optimizer, train_state=state)
+
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    log(f'jetseg-train: {args.profile} on {args.dataset} ({len(data.train)} train / {len(data.val)} val images, '
+        f'{num_classes} classes) at {args.size[0]}x{args.size[1]}, {args.loss} loss, {args.optimizer} '
+        f'{args.schedule}, device {device}' + (f', {dist.world_size} processes' if dist.enabled else ''))
+    if start_epoch > args.epochs:
+        log(f'jetseg-train: already trained {start_epoch - 1} epochs (--epochs {args.epochs}); nothing to do')
+        return 0
+
+    stop = StopRequest()
+    stop.install()
+    budget_s = args.time_budget * 60 if args.time_budget is not None else None
+    t_start = time.monotonic()
+    elapsed_before = history.rows[-1]['elapsed_s'] if history.rows else 0.0
+    step = (start_epoch - 1) * steps_per_epoch
+    interrupted = out_of_time = False
+    miou = best_miou
+    log(f'jetseg-train: training epochs {start_epoch}..{args.epochs}, {steps_per_epoch} steps each, '
+        f'output {out_dir}', flush=True)
+    try:
+        for epoch in range(start_epoch, args.epochs + 1):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            net.train()
+            t_epoch = time.monotonic()
+            loss_sum, loss_n, images_seen = 0.0, 0, 0
+            bar = None
+            if dist.is_main and not args.no_progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=steps_per_epoch, desc=f'epoch {epoch}/{args.epochs}', leave=True,
+                           dynamic_ncols=True, file=sys.stderr)
+            for images, labels in train_loader:
+                progress = step / total_steps
+                if budget_s:
+                    progress = max(progress, (time.monotonic() - t_start) / budget_s)
+                lr_now = 0.0
+                for g in optimizer.param_groups:
+                    g['lr'] = lr_now = g['initial_lr'] * lr_factor(progress, step, warmup, args.schedule)
+                images = images.to(device, non_blocking=True)
+                labels = labels.to(device, non_blocking=True)
+                with torch.autocast(device_type=device.type, enabled=args.amp):
+                    logits = net(images)
+                loss = criterion(logits.float(), labels)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                loss_sum += float(loss.detach())
+                loss_n += 1
+                images_seen += images.shape[0] * dist.world_size
+                if bar is not None:
+                    rate = images_seen / max(time.monotonic() - t_epoch, 1e-9)
+                    bar.set_postfix(loss=f'{loss_sum / loss_n:.4f}', img_s=f'{rate:.1f}', lr=f'{lr_now:.2e}')
+                    bar.update(1)
+                out_of_time = budget_s is not None and time.monotonic() - t_start >= budget_s
+                if any_rank(stop.requested or out_of_time, dist, device):
+                    interrupted = stop.requested or not out_of_time
+                    out_of_time = not interrupted
+                    break
+            if bar is not None:
+                bar.close()
+            epoch_s = time.monotonic() - t_epoch
+            if interrupted:
+                # Weights are part-way through this epoch: resuming repeats the epoch from here.
+                if dist.is_main:
+                    path = out_dir / 'interrupted.safetensors'
+                    save(path, epoch - 1, miou)
+                    log(f'jetseg-train: interrupted in epoch {epoch}; saved {path} '
+                        f'(resume with --resume {path})', flush=True)
+                barrier(dist)
+                return 130
+            if dist.is_main:
+                report = evaluate_model(model, val_loader, num_classes, device, amp=args.amp)
+                miou = float(report.miou)
+                history.rows.append({
+                    'epoch': epoch, 'train_loss': loss_sum / max(loss_n, 1), 'val_miou': miou,
+                    'val_pixel_accuracy': float(report.pixel_accuracy), 'lr': lr_now,
+                    'images_per_s': images_seen / max(epoch_s, 1e-9), 'epoch_s': epoch_s,
+                    'elapsed_s': elapsed_before + time.monotonic() - t_start})
+                improved = miou > best_miou
+                best_miou = max(best_miou, miou)
+                save(out_dir / 'last.safetensors', epoch, miou)
+                if improved:
+                    save(out_dir / 'best.safetensors', epoch, miou)
+                history.write_csv(out_dir / 'log.csv')
+                history.plot(out_dir / 'training.png')
+                log(f'jetseg-train: epoch {epoch}/{args.epochs} loss {loss_sum / max(loss_n, 1):.4f} '
+                    f'val mIoU {100 * miou:.2f}% pixel acc {100 * float(report.pixel_accuracy):.2f}% '
+                    f'best {100 * best_miou:.2f}%' + (' (saved best)' if improved else ''), flush=True)
+            barrier(dist)
+            if out_of_time:
+                log(f'jetseg-train: time budget of {args.time_budget:g} min reached in epoch {epoch}', flush=True)
+                break
+            if any_rank(stop.requested, dist, device):
+                if dist.is_main:
+                    path = out_dir / 'last.safetensors'
+                    log(f'jetseg-train: interrupted after epoch {epoch}; resume with --resume {path}', flush=True)
+                return 130
+    finally:
+        stop.restore()
+    log(f'jetseg-train: done; best val mIoU {100 * best_miou:.2f}%; checkpoints in {out_dir}', flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point `jetseg-train`."""
+    dist = Dist()
+    try:
+        args = build_parser().parse_args(argv)
+        if args.dataset != 'synthetic' and args.data_root is None:
+            raise UsageError(f'--dataset {args.dataset} needs --data-root')
+        if args.workers < 0:
+            raise UsageError('--workers must be >= 0')
+        dist = detect_dist()
+        if dist.enabled:
+            backend = 'nccl' if torch.cuda.is_available() and args.device != 'cpu' else 'gloo'
+            if backend == 'nccl':
+                torch.cuda.set_device(dist.local_rank)
+            torch.distributed.init_process_group(backend=backend)
+        return train(args, dist)
+    except UsageError as exc:
+        if dist.is_main:
+            print(f'jetseg-train: error: {exc}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if dist.is_main:
+            print('jetseg-train: interrupted before a checkpoint could be saved', file=sys.stderr)
+        return 130
+    finally:
+        if dist.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,164 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from jetseg_core.data.synthetic import generate_scene
+from jetseg_core.loss import JetLoss, build_loss, class_balanced_weights
+
+
+def _confident(target: torch.Tensor, num_classes: int, scale: float = 30.0) -> torch.Tensor:
+    return scale * F.one_hot(target.clamp(max=num_classes - 1), num_classes).permute(0, 3, 1, 2).float()
+
+
+def test_worked_two_class_example_matches_hand_computation():
+    # Four pixels, labels [1, 1, 0, 0]; the model gives class 1 probabilities [0.8, 0.6, 0.3, 0.1].
+    p1 = torch.tensor([0.8, 0.6, 0.3, 0.1])
+    logits = torch.stack([1 - p1, p1]).log().reshape(1, 2, 1, 4)
+    target = torch.tensor([[[1, 1, 0, 0]]])
+    # Class 1: TP = 0.8 + 0.6 = 1.4, FP = 0.3 + 0.1 = 0.4, FN = 0.2 + 0.4 = 0.6
+    # Class 0: TP = 0.7 + 0.9 = 1.6, FP = 0.2 + 0.4 = 0.6, FN = 0.3 + 0.1 = 0.4
+    recall = [1.6 / 2.0, 1.4 / 2.0]
+    precision = [1.6 / 2.2, 1.4 / 1.8]
+    iou = [1.6 / 2.6, 1.4 / 2.4]
+    expected_terms = {name: sum(1 - m for m in metric) / 2
+                      for name, metric in (('recall', recall), ('precision', precision), ('iou', iou))}
+    loss = JetLoss(2, smooth=0.0)
+    terms = loss.terms(logits, target)
+    for name, value in expected_terms.items():
+        assert terms[name].item() == pytest.approx(value, abs=1e-5)
+    assert loss(logits, target).item() == pytest.approx(sum(expected_terms.values()), abs=1e-5)  # 0.898116
+
+    # Class weights 3:1 (normalised to 1.5, 0.5) weight class 0's terms three times class 1's.
+    weighted = JetLoss(2, class_weights=[3.0, 1.0], term_weights=(1.0, 0.0, 0.0), smooth=0.0)
+    assert weighted(logits, target).item() == pytest.approx(0.75 * (1 - 0.8) + 0.25 * (1 - 0.7), abs=1e-5)
+
+
+def test_confident_correct_prediction_costs_almost_nothing():
+    target = torch.randint(0, 4, (2, 16, 16))  # classes 4..10 are absent from this batch
+    loss = JetLoss(11)(_confident(target, 11), target)
+    assert 0 <= loss.item() < 1e-3
+
+
+def test_confident_wrong_prediction_costs_most_and_loss_orders_predictions():
+    target = torch.randint(0, 5, (2, 16, 16))
+    loss = JetLoss(5)
+    wrong = loss(_confident((target + 1) % 5, 5), target).item()
+    noisy = loss(_confident(target, 5, 2.0) + torch.randn(2, 5, 16, 16), target).item()
+    right = loss(_confident(target, 5), target).item()
+    assert right < noisy < wrong and wrong > 2.5  # the maximum is 3 (three terms of 1 - 0)
+
+
+def test_gradients_are_finite_and_reach_every_labelled_pixel():
+    torch.manual_seed(0)
+    target = torch.randint(0, 6, (2, 8, 8))
+    target[0, :2] = 255
+    logits = torch.randn(2, 6, 8, 8, requires_grad=True)
+    JetLoss(6, ce_weight=0.5)(logits, target).backward()
+    grad = logits.grad
+    assert torch.isfinite(grad).all()
+    per_pixel = grad.abs().sum(dim=1)
+    assert (per_pixel[target != 255] > 0).all()
+    assert (per_pixel[target == 255] == 0).all()
+
+
+def test_ignored_pixels_do_not_change_the_loss():
+    torch.manual_seed(1)
+    target = torch.randint(0, 4, (1, 8, 8))
+    logits = torch.randn(1, 4, 8, 8)
+    loss = JetLoss(4, ce_weight=1.0)
+    base = loss(logits, target)
+    # Add a band of ignored pixels with arbitrary scores: same loss.
+    wide_target = torch.cat([target, torch.full((1, 8, 5), 255)], dim=2)
+    wide_logits = torch.cat([logits, 50 * torch.randn(1, 4, 8, 5)], dim=3)
+    assert loss(wide_logits, wide_target).item() == pytest.approx(base.item(), abs=1e-6)
+    # Changing the scores of ignored pixels changes nothing either.
+    other = wide_logits.clone()
+    other[..., 8:] = -other[..., 8:]
+    assert loss(other, wide_target).item() == pytest.approx(base.item(), abs=1e-6)
+
+
+def test_all_ignored_batch_gives_zero_loss_and_finite_gradient():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = JetLoss(3, ce_weight=1.0)(logits, torch.full((1, 4, 4), 255))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_ce_term_adds_weighted_cross_entropy():
+    torch.manual_seed(2)
+    target = torch.randint(0, 3, (1, 6, 6))
+    target[0, 0] = 255
+    logits = torch.randn(1, 3, 6, 6)
+    plain, with_ce = JetLoss(3), JetLoss(3, ce_weight=0.7)
+    ce = F.cross_entropy(logits, target, ignore_index=255)
+    assert with_ce(logits, target).item() == pytest.approx(plain(logits, target).item() + 0.7 * ce.item(), abs=1e-5)
+
+
+def test_labels_outside_the_class_range_are_rejected():
+    with pytest.raises(ValueError, match='outside 0..2'):
+        JetLoss(3)(torch.randn(1, 3, 2, 2), torch.tensor([[[0, 1], [2, 3]]]))
+
+
+def test_class_balanced_weights_follow_cui_formula():
+    counts = [10, 100, 0, 1000]
+    beta = 0.99
+    raw = [(1 - beta) / (1 - beta ** n) if n else 0.0 for n in counts]
+    expected = [r * 4 / sum(raw) for r in raw]
+    weights = class_balanced_weights(counts, beta)
+    assert weights.tolist() == pytest.approx(expected, rel=1e-5)
+    assert weights.sum().item() == pytest.approx(4.0)
+    assert weights[2] == 0 and weights[0] > weights[1] > weights[3]
+    # beta = 0 gives equal weights to every present class.
+    assert class_balanced_weights([5, 50, 500], 0.0).tolist() == pytest.approx([1.0, 1.0, 1.0])
+    with pytest.raises(ValueError):
+        class_balanced_weights([1, 2], 1.0)
+    with pytest.raises(ValueError):
+        class_balanced_weights([0, 0])
+
+
+def test_build_loss_names_and_class_balancing():
+    counts = [1e6, 1e4, 1e2]
+    jet = build_loss('jetloss', 3, counts)
+    assert isinstance(jet, JetLoss) and jet.ce_weight == 0
+    assert jet.class_weights[2] > jet.class_weights[1] > jet.class_weights[0]  # auto beta balances pixel counts
+    assert build_loss('jetloss+ce', 3).ce_weight > 0
+    logits, target = torch.randn(1, 3, 4, 4), torch.randint(0, 3, (1, 4, 4))
+    assert build_loss('ce', 3)(logits, target).item() == pytest.approx(F.cross_entropy(logits, target).item())
+    with pytest.raises(ValueError, match='unknown loss'):
+        build_loss('focal', 3)
+    with pytest.raises(ValueError, match='expected 3'):
+        build_loss('jetloss', 3, [1, 2])
+
+
+def test_tiny_model_overfits_one_batch_with_jetloss():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    scenes = [generate_scene(seed, (40, 56)) for seed in range(2)]
+    x = torch.stack([torch.from_numpy(rgb).permute(2, 0, 1).float() / 255 for rgb, _ in scenes])
+    y = torch.stack([torch.from_numpy(lab).long() for _, lab in scenes])
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 40), torch.linspace(-1, 1, 56), indexing='ij')
+    x = torch.cat([x, torch.stack([yy, xx]).expand(2, -1, -1, -1)], dim=1)  # position helps memorise
+
+    def block(cin: int, cout: int, dilation: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation), nn.BatchNorm2d(cout),
+                             nn.ReLU())
+
+    model = nn.Sequential(block(5, 24, 1), block(24, 24, 2), block(24, 24, 4), nn.Conv2d(24, 11, 1))
+    loss_fn = JetLoss(11)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(70):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    model.eval()
+    with torch.no_grad():
+        final = loss_fn(model(x), y).item()
+        accuracy = (model(x).argmax(1) == y).float().mean().item()
+    assert math.isfinite(final) and final < 0.35 * first
+    assert accuracy > 0.9
