@@ -154,14 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if matrix.shape[0] != len(meta.class_names):
             raise UsageError(f'dataset has {matrix.shape[0]} classes, checkpoint {len(meta.class_names)}')
         n = min(len(dataset), args.limit or len(dataset))
-        print(f'{meta.profile} ({args.checkpoint or "shipped weights"}) on {args.dataset} {args.split}: '
+        where = (f'{args.synthetic_scenes} held-out synthetic scenes (seed {args.seed} + {SYNTHETIC_VAL_SEED_OFFSET})'
+                 if args.dataset == 'synthetic' else f'{args.dataset} {args.split}')
+        print(f'{meta.profile} ({args.checkpoint or "shipped weights"}) on {where}: '
               f'{n} images at {size[0]}x{size[1]}, device {device}')
         print(format_iou_table(report, list(meta.class_names)))
         print(f'mIoU {100 * report.miou:.2f}%  pixel accuracy {100 * report.pixel_accuracy:.2f}%  '
               f'{ips:.1f} images/s (model, batch {args.batch_size})')
         args.confusion.parent.mkdir(parents=True, exist_ok=True)
         plot_confusion(matrix, list(meta.class_names), args.confusion,
-                       title=f'{meta.profile} on {args.dataset} {args.split}: mIoU {100 * report.miou:.1f}%')
+                       title=f'{meta.profile} on {where}: mIoU {100 * report.miou:.1f}%')
         print(f'confusion matrix: {args.confusion}')
         if args.json is not None:
             per_class = [None if not np.isfinite(v) else float(v)

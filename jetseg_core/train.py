@@ -182,7 +182,7 @@ class DataBundle:
     class_names: list[str]
     class_colors: list[list[int]]
     pixel_counts: np.ndarray | None
-    description: str
+    description: str  # '{epochs}' is filled in with the epochs trained when saving
 
 
 def _palette_for(dataset_name: str, dataset: Any):
@@ -267,7 +267,7 @@ def build_data(args: argparse.Namespace, need_counts: bool) -> DataBundle:
         val = maybe_cache(SyntheticScenes(args.synthetic_val_scenes, size, val_seed), val_tf)
         raw = train if need_counts else None
         desc = (f'synthetic CamVid-11-style scenes from jetseg_core.data.synthetic, {args.synthetic_scenes} scenes, '
-                f'seed {args.seed}, {size[0]}x{size[1]}, {args.epochs} epochs, {args.loss} loss, {args.optimizer}'
+                f'seed {args.seed}, {size[0]}x{size[1]}, {{epochs}} epochs, {args.loss} loss, {args.optimizer}'
                 f'; NOT CamVid')
     else:
         from .data.datasets import DatasetError, build_dataset
@@ -284,8 +284,8 @@ def build_data(args: argparse.Namespace, need_counts: bool) -> DataBundle:
                 raw = build_dataset(args.dataset, args.data_root, args.train_split, None)
         except (DatasetError, FileNotFoundError, NotADirectoryError) as exc:
             raise UsageError(str(exc)) from None
-        desc = (f'{args.dataset} {args.train_split} split ({args.data_root}), {args.size[0]}x{args.size[1]}, '
-                f'{args.epochs} epochs, {args.loss} loss, {args.optimizer}')
+        desc = (f'{args.dataset} {args.train_split} split ({args.data_root.name}), {size[0]}x{size[1]}, '
+                f'{{epochs}} epochs, {args.loss} loss, {args.optimizer}')
     if len(train) == 0 or len(val) == 0:
         raise UsageError(f'dataset {args.dataset}: empty {"training" if len(train) == 0 else "validation"} split')
     pal = _palette_for(args.dataset, train)
@@ -362,6 +362,7 @@ class History:
         """Loss and mIoU per epoch; drawn with the Agg canvas directly (no display, no pyplot state)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
 
         fig = Figure(figsize=(9, 3.6), dpi=100)
         FigureCanvasAgg(fig)
@@ -373,6 +374,7 @@ class History:
         ax2.set(xlabel='epoch', ylabel='mIoU (%)', title='Validation mIoU')
         for ax in (ax1, ax2):
             ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         fig.savefig(path)
 
@@ -397,26 +399,33 @@ def evaluate_model(model: nn.Module, loader, num_classes: int, device: torch.dev
 
 # ------------------------------------------------------------------------------------------------ training
 class StopRequest:
-    """Ctrl-C handler: the first press asks for a clean stop at the next step; a second one aborts."""
+    """Ctrl-C/SIGTERM handler: ask for a clean stop (checkpoint) at the next step.
+
+    A second Ctrl-C aborts at once. SIGTERM only ever asks for the clean stop: torchrun answers
+    Ctrl-C by sending SIGTERM to its workers, which must not turn into an abort without saving.
+    """
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = True
-        print('\njetseg-train: Ctrl-C: saving a checkpoint after this step (press again to abort)',
-              file=sys.stderr, flush=True)
+        print(f'\njetseg-train: {signal.Signals(signum).name}: saving a checkpoint after this step '
+              '(Ctrl-C again aborts)', file=sys.stderr, flush=True)
 
 
 def _package_version() -> str:
@@ -491,19 +500,22 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
     warmup = args.warmup_steps if args.warmup_steps is not None else min(200, total_steps * 3 // 100)
     scaler = torch.amp.GradScaler('cuda', enabled=args.amp)
 
-    trained_on = args.trained_on or data.description
     meta_base = {'profile': args.profile, 'num_classes': num_classes, 'class_names': data.class_names,
                  'class_colors': data.class_colors, 'input_size': tuple(args.size), 'mean': list(DEFAULT_MEAN),
-                 'std': list(DEFAULT_STD), 'trained_on': trained_on, 'activation': args.activation,
+                 'std': list(DEFAULT_STD), 'activation': args.activation,
                  'package_version': _package_version()}
 
     def save(path: Path, epoch: int, miou: float) -> None:
         extra = {'epoch': epoch, 'miou': miou, 'best_miou': best_miou, 'dataset': args.dataset,
                  'loss': args.loss, 'optimizer': args.optimizer, 'schedule': args.schedule,
-                 'batch_size': args.batch_size * dist.world_size, 'epochs': args.epochs, 'seed': args.seed}
+                 'batch_size': args.batch_size * dist.world_size, 'epochs': args.epochs, 'seed': args.seed,
+                 'lr': optimizer.param_groups[0]['initial_lr'], 'weight_decay': args.weight_decay,
+                 'augment': not args.no_augment, 'time_budget_min': args.time_budget, 'steps': step}
         state = {'epoch': epoch, 'best_miou': best_miou, 'history': history.rows, 'global_step': step,
                  'scaler': scaler.state_dict() if args.amp else {}}
-        save_checkpoint(path, model, CheckpointMeta(**meta_base, extra=extra), optimizer=optimizer, train_state=state)
+        trained_on = args.trained_on or data.description.replace('{epochs}', str(epoch))
+        save_checkpoint(path, model, CheckpointMeta(**meta_base, trained_on=trained_on, extra=extra),
+                        optimizer=optimizer, train_state=state)
 
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -35,9 +35,6 @@ from jetseg_ros.image_conversion import (
 SOURCES = ('synthetic', 'video', 'folder', 'rosbag')
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 SYNTHETIC_DEFAULT_SIZE = (480, 640)  # (H, W)
-# Distinct synthetic scenes before the sequence repeats: generating one costs tens of ms, so a
-# cached pool keeps high rates steady after the first pass.
-SYNTHETIC_POOL = 32
 HORIZONTAL_FOV_DEG = 70.0  # a typical automotive / robot camera
 
 
@@ -87,22 +84,33 @@ def resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 class SyntheticReader:
-    """Endless synthetic driving scenes, deterministic per frame index (seeded)."""
+    """Endless synthetic driving scenes: a pool of seeded scenes, each shown as a short drive forward.
 
-    def __init__(self, width: int, height: int, seed: int = 0) -> None:
+    Generating a 640x480 scene takes 100-200 ms, so the pool is made up front and each scene is
+    reused for ``hold`` frames with a growing centre zoom; that keeps any rate steady and gives the
+    stream (and the demo's animation) motion instead of a slide show.
+    """
+
+    def __init__(self, width: int, height: int, seed: int = 0, scenes: int = 8, hold: int = 10) -> None:
         from jetseg_core.data.synthetic import generate_scene
-        self._generate = generate_scene
-        self._size = (height or SYNTHETIC_DEFAULT_SIZE[0], width or SYNTHETIC_DEFAULT_SIZE[1])
-        self._seed = seed
+        size = (height or SYNTHETIC_DEFAULT_SIZE[0], width or SYNTHETIC_DEFAULT_SIZE[1])
+        self._scenes = [generate_scene(seed + i, size)[0] for i in range(max(1, scenes))]
+        self._hold = max(1, hold)
         self._index = 0
-        self._cache: dict[int, np.ndarray] = {}
 
     def read(self) -> np.ndarray:
-        key = self._index % SYNTHETIC_POOL
+        scene, step = divmod(self._index, self._hold)
         self._index += 1
-        if key not in self._cache:
-            self._cache[key] = self._generate(self._seed + key, self._size)[0]
-        return self._cache[key]
+        rgb = self._scenes[scene % len(self._scenes)]
+        if step == 0:
+            return rgb
+        h, w = rgb.shape[:2]
+        keep = 1.0 - 0.25 * step / self._hold  # up to a 1.33x zoom towards the horizon
+        ch, cw = max(1, round(h * keep)), max(1, round(w * keep))
+        top, left = round((h - ch) * 0.45), (w - cw) // 2
+        from PIL import Image as PILImage
+        crop = PILImage.fromarray(rgb[top:top + ch, left:left + cw])
+        return np.asarray(crop.resize((w, h), PILImage.BILINEAR))
 
     def rewind(self) -> None:
         self._index = 0
@@ -245,12 +253,12 @@ class RosbagReader:
 
 
 def open_source(source: str, path: str, width: int = 0, height: int = 0, topic: str = '',
-                seed: int = 0) -> FrameReader:
+                seed: int = 0, scenes: int = 8) -> FrameReader:
     """Open a frame source by name; SourceError with the path and the problem if that is impossible."""
     if source not in SOURCES:
         raise SourceError(f"source '{source}': unknown (choose one of {', '.join(SOURCES)})")
     if source == 'synthetic':
-        return SyntheticReader(width, height, seed)
+        return SyntheticReader(width, height, seed, scenes)
     if not path:
         raise SourceError(f"source '{source}': needs the 'path' parameter")
     p = Path(path).expanduser()
@@ -285,6 +293,7 @@ class ImageSource(Node):
         p('num_frames', 0, _describe('frames to publish, then exit 0; 0 = until the source ends or forever'))
         p('qos_reliability', 'reliable', _describe('reliable | best_effort (reliable reaches both kinds)'))
         p('seed', 0, _describe('first synthetic scene seed'))
+        p('synthetic_scenes', 8, _describe('distinct synthetic scenes, generated at start (100-200 ms each)'))
         p('wait_for_subscribers', 0,
           _describe('hold the first frame until this many subscribers see camera/image_raw'))
 
@@ -312,7 +321,8 @@ class ImageSource(Node):
 
         self.source_name = str(value('source'))
         self.reader = open_source(self.source_name, str(value('path')), self.width, self.height,
-                                  str(value('topic')), int(value('seed')))
+                                  str(value('topic')), int(value('seed')),
+                                  int(value('synthetic_scenes')))
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                          reliability=(ReliabilityPolicy.RELIABLE if reliability == 'reliable'
                                       else ReliabilityPolicy.BEST_EFFORT))

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+GLIBC_TUNABLES = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456'
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -59,6 +60,8 @@ def run_one(loss: str, args: argparse.Namespace) -> dict[str, object]:
     if args.lr is not None:
         cmd += ['--lr', str(args.lr)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    # glibc otherwise hands large tensor buffers back to the OS every step (page faults on 2 cores).
+    env.setdefault('GLIBC_TUNABLES', GLIBC_TUNABLES)
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     wall = time.monotonic() - t0

@@ -167,19 +167,18 @@ def _twice(labels: np.ndarray) -> np.ndarray:
     return labels.repeat(2, axis=0).repeat(2, axis=1)
 
 
-def test_frames_are_resized_like_the_training_transforms(segmenter):
-    """Bilinear, antialiased when shrinking (as data.transforms.resize_pair): same network input."""
-    for size in [(2 * NET[0], 2 * NET[1]), (70, 90)]:
-        img = _image(*size, seed=6)
-        src = torch.from_numpy(img).permute(2, 0, 1)[None].float()
-        resized = torch.nn.functional.interpolate(src, size=NET, mode='bilinear', align_corners=False,
-                                                  antialias=size[0] > NET[0])
-        resized = resized.round()[0].permute(1, 2, 0).to(torch.uint8).numpy()
-        direct = segmenter.segment(img, output_size=NET, return_probs=True)
-        via_resized = segmenter.segment(resized, return_probs=True)
-        # uint8 kernels may round a value one level differently: compare probabilities, not bits
-        assert np.abs(direct.probs - via_resized.probs).max() < 0.05
-        assert (direct.labels == via_resized.labels).mean() > 0.9
+@pytest.mark.parametrize('size', [(2 * NET[0], 2 * NET[1]), (300, 500), (70, 90), NET])
+def test_network_input_matches_the_evaluation_transform(segmenter, size):
+    """Frames reach the network as in evaluation: bilinear (antialiased when shrinking), normalised."""
+    from jetseg_core.data.transforms import EvalTransform
+
+    img = _image(*size, seed=6)
+    expected, _ = EvalTransform(NET, segmenter.meta.mean, segmenter.meta.std)(img)
+    with torch.inference_mode():
+        got = segmenter._preprocess([img])[0]
+    one_level = 1.0 / (255 * min(segmenter.meta.std))  # the uint8 resize rounds to whole levels
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() <= one_level * 1.01
 
 
 @pytest.mark.parametrize(('bad', 'message'), [

@@ -151,15 +151,14 @@ def test_bad_arguments_exit_2_with_one_line(capsys):
         assert len(err) == 1 and err[0].startswith('jetseg-train: error:'), (argv, err)
 
 
-def test_corrupt_resume_checkpoint_exits_2_without_traceback(tmp_path: Path):
+def test_corrupt_resume_checkpoint_exits_2_with_one_line(tmp_path: Path, capsys):
     bad = tmp_path / 'bad.safetensors'
     bad.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"not": "json')
-    proc = subprocess.run([sys.executable, '-m', 'jetseg_core.train', *TINY, '--resume', str(bad),
-                           '--output', str(tmp_path / 'out')], cwd=tmp_path, env=_env(), capture_output=True,
-                          text=True, timeout=60, check=False)
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2
-    assert len(err) == 1 and str(bad) in err[0] and 'Traceback' not in proc.stderr
+    rc = train.main([*TINY, '--resume', str(bad), '--output', str(tmp_path / 'out')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and str(bad) in err[0] and err[0].startswith('jetseg-train: error:')
+    assert not (tmp_path / 'out').exists()
 
 
 def test_learning_rate_warms_up_then_decays_to_zero():

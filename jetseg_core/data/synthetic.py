@@ -329,7 +329,8 @@ def _fence(canvas: _Canvas, cam: _Camera, street: _Street, rng: np.random.Genera
     valid = (zc >= z0) & (zc <= z1) & (np.sign(cols - cam.xv) == side)
     if not valid.any():
         return
-    r0 = int(np.clip(np.floor(cam.yh + cam.f * (cam.cam_h - height) / zc[valid].min()), 0, h))
+    tops = cam.yh + cam.f * (cam.cam_h - height) / zc[valid]
+    r0 = int(np.clip(np.floor(tops.min()), 0, h))
     r1 = int(np.clip(np.ceil(cam.yh + cam.f * cam.cam_h / zc[valid].min()), 0, h))
     if r1 <= r0:
         return

@@ -1,0 +1,119 @@
+"""The one launch description of jetseg_ros; nano/agx/workstation.launch.py only pick its profile.
+
+Starts the segmentation node with config/<profile>.yaml (overrides of the node's own defaults),
+optionally our image_source instead of a camera, and optionally RViz2.
+
+  ros2 launch jetseg_ros jetseg.launch.py profile:=agx image:=/front/image_raw
+  ros2 launch jetseg_ros nano.launch.py source:=synthetic rviz:=true
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from launch import LaunchContext, LaunchDescription
+
+PACKAGE = 'jetseg_ros'
+PROFILES = ('nano', 'agx', 'workstation')
+SOURCES = ('none', 'synthetic', 'video', 'folder', 'rosbag')
+# glibc hands large torch buffers back to the kernel after every frame; keeping them removed
+# 27-48 % kernel time from CPU inference (see the README's performance notes).
+GLIBC_TUNABLES = ('glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:'
+                  'glibc.malloc.top_pad=268435456')
+
+# (name, default, description); profile's default is set per wrapper.
+ARGUMENTS = (
+    ('image', '/camera/image_raw', 'input image topic (remapped to the node\'s "image")'),
+    ('camera_info', '/camera/camera_info', 'camera_info topic (remapped to the node\'s "camera_info")'),
+    ('namespace', '', 'namespace of the started nodes'),
+    ('node_name', 'jetseg', 'name of the segmentation node (its outputs are ~/labels, ~/overlay, ...)'),
+    ('checkpoint', '', "weights: '' = shipped weights of the profile, 'untrained', or a .safetensors path"),
+    ('device', '', "auto | cpu | cuda; '' keeps the profile's setting"),
+    ('use_sim_time', 'false', 'use /clock (for rosbag replay)'),
+    ('rviz', 'false', 'start rviz2 with rviz/jetseg.rviz'),
+    ('source', 'none', f"{' | '.join(SOURCES)}: start our image_source instead of a camera driver"),
+    ('source_path', '', 'video file, image folder or rosbag2 for source:=video|folder|rosbag'),
+    ('rate', '15.0', 'image_source frame rate in Hz'),
+    ('num_frames', '0', 'image_source frames before it exits (0 = endless)'),
+    ('params_file', '', "extra parameter YAML applied after config/<profile>.yaml ('' = none)"),
+)
+
+
+def _share_dir() -> Path:
+    """share/jetseg_ros when installed, the source checkout otherwise (this file sits in launch/)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def _is_true(text: str) -> bool:
+    return text.strip().lower() in ('1', 'true', 'yes', 'on')
+
+
+def _nodes(context: LaunchContext) -> list:
+    """Resolve the arguments and build the actions (an OpaqueFunction: empty arguments mean 'unset')."""
+    arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
+    profile = LaunchConfiguration('profile').perform(context)
+    if profile not in PROFILES:
+        raise ValueError(f"profile '{profile}': unknown (choose one of {', '.join(PROFILES)})")
+    if arg['source'] not in SOURCES:
+        raise ValueError(f"source '{arg['source']}': unknown (choose one of {', '.join(SOURCES)})")
+    share = _share_dir()
+    sim_time = _is_true(arg['use_sim_time'])
+    params: list = [str(share / 'config' / f'{profile}.yaml')]
+    if arg['params_file']:
+        params.append(arg['params_file'])
+    overrides = {'profile': profile, 'use_sim_time': sim_time}
+    for key in ('checkpoint', 'device'):
+        if arg[key]:
+            overrides[key] = arg[key]
+    params.append(overrides)
+
+    env = {} if os.environ.get('GLIBC_TUNABLES') else {'GLIBC_TUNABLES': GLIBC_TUNABLES}
+    actions: list = [Node(
+        package=PACKAGE, executable='segmentation_node', name=arg['node_name'],
+        namespace=arg['namespace'], output='screen', parameters=params, additional_env=env,
+        remappings=[('image', arg['image']), ('camera_info', arg['camera_info'])],
+    )]
+    if arg['source'] != 'none':
+        if not os.environ.get('FASTDDS_BUILTIN_TRANSPORTS'):
+            actions.append(LogInfo(msg='hint: camera-sized images between processes need '
+                                       'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in every process (export it '
+                                       'before ros2 launch), or most frames are lost'))
+        actions.append(Node(
+            package=PACKAGE, executable='image_source', name='image_source',
+            namespace=arg['namespace'], output='screen',
+            parameters=[str(share / 'config' / f'{profile}.yaml'), {
+                'source': arg['source'], 'path': arg['source_path'], 'rate': float(arg['rate']),
+                'num_frames': int(arg['num_frames']), 'use_sim_time': sim_time}],
+            remappings=[('camera/image_raw', arg['image']), ('camera/camera_info', arg['camera_info'])],
+        ))
+    if _is_true(arg['rviz']):
+        if shutil.which('rviz2'):
+            actions.append(Node(package='rviz2', executable='rviz2', name='rviz2', output='screen',
+                                arguments=['-d', str(share / 'rviz' / 'jetseg.rviz')],
+                                parameters=[{'use_sim_time': sim_time}]))
+        else:
+            actions.append(LogInfo(msg='rviz:=true but rviz2 is not installed (apt install ros-$ROS_DISTRO-rviz2);'
+                                       ' starting without it. View the topics /jetseg/overlay and '
+                                       '/jetseg/color_mask with any image viewer.'))
+    return actions
+
+
+def generate_profile_description(profile: str = 'nano') -> LaunchDescription:
+    """The launch description with ``profile`` as the default of the profile argument."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile '{profile}': unknown (choose one of {', '.join(PROFILES)})")
+    declared = [DeclareLaunchArgument('profile', default_value=profile, choices=list(PROFILES),
+                                      description='JetSeg profile: config/<profile>.yaml and its weights')]
+    declared += [DeclareLaunchArgument(name, default_value=default, description=text)
+                 for name, default, text in ARGUMENTS]
+    return LaunchDescription([*declared, OpaqueFunction(function=_nodes)])
+
+
+def generate_launch_description() -> LaunchDescription:
+    """`ros2 launch jetseg_ros jetseg.launch.py profile:=agx`."""
+    return generate_profile_description('nano')
