@@ -33,6 +33,7 @@ __all__ = ['DEVICES', 'PRECISIONS', 'Segmentation', 'Segmenter']
 
 DEVICES = ('auto', 'cpu', 'cuda')
 PRECISIONS = ('auto', 'fp32', 'fp16')
+_MAX_CACHED_SHAPES = 16  # per-shape caches are dropped beyond this, so memory stays bounded
 
 
 @dataclass
@@ -136,7 +137,7 @@ class Segmenter:
         self._scale = (1.0 / (255.0 * std)).to(self._device, self._dtype)
         self._shift = (-mean / std).to(self._device, self._dtype)
         self._inputs: dict[int, torch.Tensor] = {}  # batch size -> N x 3 x h x w network input
-        self._uploads: dict[tuple[int, ...], torch.Tensor] = {}  # CUDA: frame shape -> pinned uint8
+        self._uploads: dict[tuple[int, ...], torch.Tensor] = {}  # CUDA: (slot, frame shape) -> pinned
         self._nearest_index: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
@@ -229,13 +230,16 @@ class Segmenter:
                                           memory_format=self._memory_format)
         return self._inputs[n]
 
-    def _to_device(self, frame: np.ndarray) -> torch.Tensor:
+    def _to_device(self, frame: np.ndarray, slot: int) -> torch.Tensor:
         """1 x 3 x H x W uint8 view of a frame (NHWC memory), on the model's device."""
         src = torch.from_numpy(frame)
         if self._device.type != 'cpu':
-            pinned = self._uploads.get(frame.shape)
+            key = (slot, *frame.shape)  # one buffer per batch slot: uploads of a batch overlap
+            pinned = self._uploads.get(key)
             if pinned is None:
-                pinned = self._uploads[frame.shape] = torch.empty(frame.shape, dtype=torch.uint8, pin_memory=True)
+                if len(self._uploads) >= _MAX_CACHED_SHAPES:  # a stream whose size keeps changing
+                    self._uploads.clear()
+                pinned = self._uploads[key] = torch.empty(frame.shape, dtype=torch.uint8, pin_memory=True)
             pinned.copy_(src)
             src = pinned.to(self._device, non_blocking=True)
         return src.permute(2, 0, 1)[None]
@@ -244,7 +248,7 @@ class Segmenter:
         x = self._input_buffer(len(frames))
         size = self.input_size
         for i, frame in enumerate(frames):
-            src = self._to_device(frame)
+            src = self._to_device(frame, i)
             if frame.shape[:2] != size:
                 shrink = frame.shape[0] > size[0] or frame.shape[1] > size[1]
                 if src.device.type != 'cpu':
@@ -263,6 +267,8 @@ class Segmenter:
         # np.take passes cost ~0.6 ms for 720p, and unlike cv2 ties never depend on rounding.
         key = (labels.shape[0], labels.shape[1], *size)
         if key not in self._nearest_index:
+            if len(self._nearest_index) >= _MAX_CACHED_SHAPES:
+                self._nearest_index.clear()
             rows = ((np.arange(size[0]) + 0.5) * labels.shape[0] / size[0]).astype(np.intp)
             cols = ((np.arange(size[1]) + 0.5) * labels.shape[1] / size[1]).astype(np.intp)
             self._nearest_index[key] = (np.minimum(rows, labels.shape[0] - 1),

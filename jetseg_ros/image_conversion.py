@@ -20,6 +20,11 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+try:  # optional accelerator for YUV and Bayer decoding
+    import cv2 as _cv2
+except ImportError:  # pragma: no cover - exercised where OpenCV is missing
+    _cv2 = None
+
 __all__ = [
     'SUPPORTED_ENCODINGS',
     'ImageConversionError',
@@ -48,6 +53,13 @@ SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_BYTES_PER_PIXEL)
 _YUV_LAYOUT = {
     'yuv422': (1, 0, 3, 2), 'uyvy': (1, 0, 3, 2),
     'yuv422_yuy2': (0, 1, 2, 3), 'yuyv': (0, 1, 2, 3),
+}
+# ROS names give the first 2x2 tile; OpenCV names the pattern one pixel further in (as cv_bridge maps them).
+_CV2_CODES = {
+    'yuv422': 'COLOR_YUV2RGB_UYVY', 'uyvy': 'COLOR_YUV2RGB_UYVY',
+    'yuv422_yuy2': 'COLOR_YUV2RGB_YUY2', 'yuyv': 'COLOR_YUV2RGB_YUY2',
+    'bayer_rggb8': 'COLOR_BayerBG2RGB', 'bayer_bggr8': 'COLOR_BayerRG2RGB',
+    'bayer_gbrg8': 'COLOR_BayerGR2RGB', 'bayer_grbg8': 'COLOR_BayerGB2RGB',
 }
 # Colour (0=R, 1=G, 2=B) of the 2x2 tile positions [(0,0), (0,1), (1,0), (1,1)].
 _BAYER_TILE = {
@@ -161,6 +173,9 @@ def image_to_rgb(msg: Image) -> np.ndarray:
         values = np.ascontiguousarray(rows).view(dtype).astype(np.uint32)
         mono = ((values * 255 + 32767) // 65535).astype(np.uint8)
         return np.repeat(mono[..., None], 3, axis=2)
+    if _cv2 is not None and enc in _CV2_CODES:
+        src = np.ascontiguousarray(rows).reshape(height, width, 2) if enc in _YUV_LAYOUT else rows
+        return _cv2.cvtColor(src, getattr(_cv2, _CV2_CODES[enc]))
     if enc in _YUV_LAYOUT:
         macro = rows.reshape(height, width // 2, 4).astype(np.float32)
         iy0, iu, iy1, iv = _YUV_LAYOUT[enc]

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ros_testing import RELIABLE_DEEP, RosHarness, RosProcess, new_domain_id, python_module_command
+from ros_testing import (
+    RELIABLE_DEEP,
+    RosHarness,
+    RosProcess,
+    new_domain_id,
+    python_module_command,
+)
 from sensor_msgs.msg import CameraInfo, Image
 
 from jetseg_ros.image_conversion import image_to_rgb

@@ -168,6 +168,7 @@ def test_attention_sits_in_the_papers_stages() -> None:
 def test_nano_layout_follows_the_channel_rule_and_residual_counts() -> None:
     model = build_model('nano', 11)
     assert model.encoder.channels == (8, 16, 48, 64)  # S0 b, S1 +b, S2 +2b twice, S3 x2 capped at 64
+    assert PROFILES['nano'].stage_channels() == model.encoder.channels
     residual = [sum(isinstance(b, JetBlock) and b.residual for b in getattr(model.encoder, f's{i}'))
                 for i in range(4)]
     # One residual block before each of the two growing blocks of S2 and S3; the last S3 block

@@ -1,0 +1,62 @@
+"""jetseg-demo end to end: real node and image source processes, real files written."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+from ros_testing import REPO_ROOT
+
+
+def run_demo(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, '-m', 'jetseg_ros.demo', *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_demo_writes_pngs_gif_and_numeric_summary(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    out = tmp_path / 'demo'
+    result = run_demo('--frames', '20', '--save-every', '5', '--checkpoint', str(tiny_checkpoint),
+                      '--output', str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert str(out.resolve()) in result.stdout  # says where the outputs are
+
+    sheet = Image.open(out / 'contact_sheet.png')
+    sheet.verify()
+    with Image.open(out / 'contact_sheet.png') as sheet:
+        assert sheet.format == 'PNG' and sheet.width >= 900 and sheet.height >= 300
+    overlays = sorted((out / 'frames').glob('overlay_*.png'))
+    assert overlays, 'no overlay frame saved'
+    with Image.open(overlays[0]) as first:
+        assert first.format == 'PNG' and first.size == (128, 96)  # nano.yaml: outputs at network size
+    with Image.open(out / 'preview.gif') as gif:
+        assert gif.format == 'GIF' and gif.n_frames > 1
+
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['frames_processed'] > 0 and summary['output_rate_hz'] > 0
+    assert summary['frames_in'] <= 20
+    for key in ('end_to_end_at_node', 'inference', 'node_overhead', 'end_to_end_at_viewer'):
+        stats = summary['latency_ms'][key]
+        assert math.isfinite(stats['p50']) and math.isfinite(stats['p95']) and 0 < stats['p50'] <= stats['p95']
+    lat = summary['latency_ms']
+    assert lat['inference']['p50'] < lat['end_to_end_at_node']['p50']
+    assert summary['exit_codes'] == {'image_source': 0, 'segmentation_node': 0}
+
+
+def test_demo_exits_1_with_the_node_log_when_the_node_cannot_start(tmp_path: Path) -> None:
+    broken = tmp_path / 'broken.safetensors'
+    broken.write_bytes(b'\x00' * 64)
+    result = run_demo('--frames', '5', '--checkpoint', str(broken), '--output', str(tmp_path / 'out'),
+                      '--startup-timeout', '90', timeout=150)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert 'jetseg-demo: error: segmentation_node exited' in result.stderr
+    assert 'broken.safetensors' in result.stderr  # the node's own one-line reason is shown
+    assert 'Traceback' not in result.stderr
+
+
+def test_demo_rejects_a_missing_checkpoint_file_with_exit_2(tmp_path: Path) -> None:
+    result = run_demo('--checkpoint', str(tmp_path / 'nope.safetensors'), timeout=60)
+    assert result.returncode == 2
+    assert 'nope.safetensors' in result.stderr and 'Traceback' not in result.stderr
