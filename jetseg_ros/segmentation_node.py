@@ -72,7 +72,8 @@ class ParameterSpec:
         desc = ParameterDescriptor(name=self.name, read_only=self.read_only)
         text = self.description
         if self.choices:
-            text += f" (one of: {', '.join(self.choices)})"
+            desc.additional_constraints = f"one of: {', '.join(self.choices)}"
+            text += f' ({desc.additional_constraints})'
         desc.description = text
         if isinstance(self.default, float):
             desc.type = ParameterType.PARAMETER_DOUBLE
@@ -235,6 +236,15 @@ def scale_camera_info(info: CameraInfo, header: Header, size: tuple[int, int] | 
     return out
 
 
+def _load_message_types() -> tuple[type, type]:
+    try:
+        from jetseg_ros.msg import ClassInfo, SegmentationLatency
+    except ImportError as exc:
+        raise StartupError(f'the jetseg_ros messages are not built ({exc}): build the package with colcon '
+                           'or run scripts/setup.sh') from None
+    return ClassInfo, SegmentationLatency
+
+
 # ----------------------------------------------------------------------------- node
 
 class SegmentationNode(Node):
@@ -247,6 +257,7 @@ class SegmentationNode(Node):
         super().__init__(node_name, **kwargs)
         try:
             self._settings = self._declare_parameters()
+            self._msg_types = _load_message_types()
             self._segmenter = self._load_segmenter()
         except StartupError as exc:
             self.get_logger().error(str(exc))
@@ -318,7 +329,7 @@ class SegmentationNode(Node):
                              history=QoSHistoryPolicy.KEEP_LAST)
         latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
-        from jetseg_ros.msg import ClassInfo, SegmentationLatency
+        ClassInfo, SegmentationLatency = self._msg_types
 
         self._labels_pub = self.create_publisher(Image, '~/labels', out_qos)
         self._color_pub = self.create_publisher(Image, '~/color_mask', out_qos)

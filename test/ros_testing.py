@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import rclpy
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
 
@@ -282,14 +283,19 @@ class RosHarness:
             self.executor.spin()
 
     def publisher(self, topic: str, msg_type: type, qos: QoSProfile | int = RELIABLE):
-        return self.node.create_publisher(msg_type, topic, qos)
+        # A no-op QoS-event handler: tests create mismatches on purpose; rclpy's default one logs through a
+        # deprecated call that pytest reports as a warning.
+        return self.node.create_publisher(msg_type, topic, qos, event_callbacks=PublisherEventCallbacks(
+            incompatible_qos=lambda _event: None))
 
     def record(self, topic: str, msg_type: type,
                qos: QoSProfile | int = RELIABLE_DEEP) -> TopicRecorder:
         """Subscribe and record.  A reliable subscriber (the default) matches only reliable
         publishers; pass BEST_EFFORT to also hear best-effort ones."""
         recorder = TopicRecorder(topic)
-        recorder.subscription = self.node.create_subscription(msg_type, topic, recorder._callback, qos)
+        recorder.subscription = self.node.create_subscription(
+            msg_type, topic, recorder._callback, qos,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda _event: None))
         return recorder
 
     def wait_for_subscribers(self, publisher, count: int = 1, timeout: float = 30.0) -> bool:

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Soak benchmark of the segmentation node as users run it: separate processes, real DDS transport.
+
+Publishes synthetic 640x480 frames at 30 Hz into the node (nano profile, config/nano.yaml) for a
+while and reports end-to-end latency, inference time, node overhead (end-to-end minus inference;
+target <= 3 ms or <= 10 %), output rate, drops, and the node's resident memory sampled every few
+seconds (start / end / max / growth). Not a test: it takes minutes and its figures depend on the
+machine.
+
+    python scripts/benchmark_node.py --seconds 60 --checkpoint untrained
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from jetseg_ros.demo import (
+    GLIBC_TUNABLES,
+    TRANSPORT_ENV,
+    Child,
+    DemoError,
+    Recorder,
+    config_file,
+    cpu_threads,
+    node_command,
+    percentiles,
+    ros_env,
+    source_command,
+    yaml_parameters,
+)
+
+OVERHEAD_TARGET_MS = 3.0
+OVERHEAD_TARGET_FRACTION = 0.10
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--seconds', type=float, default=300.0, help='measured duration (default 300)')
+    parser.add_argument('--rate', type=float, default=30.0, help='input rate in Hz (default 30)')
+    parser.add_argument('--size', default='640x480', help='input WxH (default 640x480)')
+    parser.add_argument('--profile', default='nano', choices=('nano', 'agx', 'workstation'))
+    parser.add_argument('--checkpoint', default='', help="'' = shipped weights, 'untrained', or a path")
+    parser.add_argument('--qos', default='reliable', choices=('reliable', 'best_effort'),
+                        help="the node's image subscription reliability (default reliable)")
+    parser.add_argument('--sample-every', type=float, default=5.0, help='RSS sampling period in s (default 5)')
+    parser.add_argument('--warmup', type=float, default=5.0, help='seconds ignored at the start (default 5)')
+    parser.add_argument('--json', type=Path, default=None, help='also write the figures to this file')
+    args = parser.parse_args(argv)
+    try:
+        args.width, args.height = (int(v) for v in args.size.lower().split('x'))
+    except ValueError:
+        parser.error(f"--size '{args.size}': expected WxH, e.g. 640x480")
+    if args.seconds <= 0 or args.rate <= 0 or args.sample_every <= 0:
+        parser.error('--seconds, --rate and --sample-every must be positive')
+    return args
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children (the ROS wheels may re-exec Python once)."""
+    import psutil
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return math.nan
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total / 2**20
+
+
+def measure(args: argparse.Namespace) -> dict:
+    params_file = config_file(args.profile)
+    threads = cpu_threads(int(yaml_parameters(params_file).get('num_threads', 0)))
+    domain = random.Random(os.getpid() ^ time.time_ns()).randint(120, 220)
+    os.environ.update(TRANSPORT_ENV)
+    work = Path(tempfile.mkdtemp(prefix='jetseg_bench_'))
+    node_env = ros_env(domain, GLIBC_TUNABLES=os.environ.get('GLIBC_TUNABLES', GLIBC_TUNABLES))
+    recorder = Recorder(domain, work, frames=1, save_every=1, with_images=False)
+    from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+    from sensor_msgs.msg import Image
+    labels_seen = [0]
+    recorder.node.create_subscription(  # a consumer of the labels, as in a real system
+        Image, '/jetseg/labels', lambda _m: labels_seen.__setitem__(0, labels_seen[0] + 1),
+        QoSProfile(depth=2, reliability=QoSReliabilityPolicy.RELIABLE))
+    children: list[Child] = []
+    rss: list[tuple[float, float]] = []
+    try:
+        node = Child.start('segmentation_node', node_command(params_file, {
+            'checkpoint': args.checkpoint, 'num_threads': threads, 'qos_reliability': args.qos}), node_env, work)
+        children.append(node)
+        print(f'benchmark: loading the {args.profile} node (logs in {work}) ...', flush=True)
+        deadline = time.monotonic() + 180
+        while recorder.class_info is None:
+            if not node.running or time.monotonic() > deadline:
+                raise DemoError(f'the node did not start:\n{node.tail()}')
+            time.sleep(0.2)
+        children.append(Child.start('image_source', source_command(params_file, {
+            'source': 'synthetic', 'width': args.width, 'height': args.height, 'rate': args.rate,
+            'wait_for_subscribers': 2}), ros_env(domain), work))
+        while recorder.latency.last is None:
+            if not all(c.running for c in children) or time.monotonic() > deadline:
+                raise DemoError('no output from the node:\n' + '\n'.join(c.tail() for c in children))
+            time.sleep(0.2)
+        print(f'benchmark: running {args.seconds:g} s at {args.rate:g} Hz ({args.warmup:g} s warm-up) ...',
+              flush=True)
+        time.sleep(args.warmup)
+        skip = len(recorder.latency.total)
+        first_in = recorder.latency.last.frames_in
+        first_dropped = recorder.latency.last.frames_dropped
+        started = time.monotonic()
+        next_sample = started
+        while (now := time.monotonic()) < started + args.seconds:
+            if not all(c.running for c in children):
+                raise DemoError('a process exited mid-run:\n' + '\n'.join(c.tail() for c in children))
+            if now >= next_sample:
+                rss.append((now - started, tree_rss_mb(node.proc.pid)))
+                next_sample += args.sample_every
+            time.sleep(min(0.5, max(0.01, next_sample - now)))
+        rss.append((time.monotonic() - started, tree_rss_mb(node.proc.pid)))
+        lat = recorder.latency
+        n = len(lat.total)
+        arrivals = lat.arrivals[skip:n]
+        rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 else math.nan
+        last = lat.last
+        frames_in = int(last.frames_in - first_in)
+        return {
+            'profile': recorder.class_info.profile, 'checkpoint': recorder.class_info.checkpoint,
+            'input': f'{args.width}x{args.height} @ {args.rate:g} Hz', 'seconds': args.seconds, 'threads': threads,
+            'qos': args.qos,
+            'end_to_end_ms': percentiles(lat.total[skip:n]), 'inference_ms': percentiles(lat.inference[skip:n]),
+            'node_overhead_ms': percentiles(lat.overhead[skip:n]),
+            'preprocess_ms': percentiles(lat.preprocess[skip:n]),
+            'postprocess_ms': percentiles(lat.postprocess[skip:n]),
+            'output_rate_hz': rate, 'frames_in': frames_in,
+            'input_frames_expected': round(args.seconds * args.rate),
+            'frames_dropped': int(last.frames_dropped - first_dropped),
+            'frames_processed': len(arrivals),
+            'rss_mb': {'start': rss[0][1], 'end': rss[-1][1], 'max': max(r for _, r in rss),
+                       'growth': rss[-1][1] - rss[0][1],
+                       'growth_mb_per_min': (rss[-1][1] - rss[0][1]) / max(rss[-1][0] / 60, 1e-9),
+                       'samples': [(round(t, 1), round(r, 1)) for t, r in rss]},
+        }
+    finally:
+        for child in reversed(children):
+            child.stop()
+        recorder.close()
+
+
+def print_table(r: dict) -> None:
+    print(f"\njetseg node benchmark: {r['profile']} profile ({r['checkpoint']}), {r['input']}, "
+          f"{r['seconds']:g} s, {r['threads']} threads, {r['qos']} image QoS")
+    print(f"{'':22s}{'p50':>9s}{'p95':>9s}{'mean':>9s}{'max':>9s}")
+    for key, label in (('end_to_end_ms', 'end-to-end (ms)'), ('inference_ms', 'inference (ms)'),
+                       ('node_overhead_ms', 'node overhead (ms)'), ('preprocess_ms', '  preprocess (ms)'),
+                       ('postprocess_ms', '  postprocess (ms)')):
+        s = r[key]
+        print(f"{label:22s}{s['p50']:9.2f}{s['p95']:9.2f}{s['mean']:9.2f}{s['max']:9.2f}")
+    print(f"output rate           {r['output_rate_hz']:.2f} Hz")
+    print(f"frames                in {r['frames_in']} of ~{r['input_frames_expected']} published, processed "
+          f"{r['frames_processed']}, dropped (newest-frame policy) {r['frames_dropped']}")
+    e2e, over = r['end_to_end_ms']['p50'], r['node_overhead_ms']['p50']
+    ok = over <= OVERHEAD_TARGET_MS or over <= OVERHEAD_TARGET_FRACTION * e2e
+    print(f"overhead target       p50 {over:.2f} ms = {100 * over / e2e:.1f} % of end-to-end -> "
+          f"{'met' if ok else 'NOT met'} (<= {OVERHEAD_TARGET_MS:g} ms or <= {OVERHEAD_TARGET_FRACTION:.0%})")
+    m = r['rss_mb']
+    print(f"node RSS (MiB)        start {m['start']:.1f}, end {m['end']:.1f}, max {m['max']:.1f}, growth "
+          f"{m['growth']:+.1f} ({m['growth_mb_per_min']:+.2f}/min, {len(m['samples'])} samples)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        result = measure(args)
+    except DemoError as err:
+        print(f'benchmark: error: {err}', file=sys.stderr)
+        return 1
+    print_table(result)
+    if args.json:
+        clean = json.loads(json.dumps(result, default=float).replace('NaN', 'null'))
+        args.json.write_text(json.dumps(clean, indent=2))
+    return 0 if np.isfinite(result['end_to_end_ms']['p50']) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
