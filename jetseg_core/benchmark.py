@@ -61,7 +61,8 @@ def _variant_list(text: str) -> list[str]:
     names = [v.strip() for v in text.split(',') if v.strip()]
     bad = [n for n in names if n not in VARIANTS]
     if bad or not names:
-        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(bad) or text!r}; valid: {', '.join(VARIANTS)}")
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(bad) or text!r}; "
+                                         f"valid: {', '.join(VARIANTS)}")
     return names
 
 
@@ -147,7 +148,7 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
     reference = None
     for t in threads:
         torch.set_num_threads(t)
-        for name, fn in runners.items():
+        for fn in runners.values():
             for _ in range(warmup):
                 fn(frame)
         for i in range(iterations):
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="'untrained' (default), '' for the shipped weights, or a checkpoint file")
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda', 'auto'))
     parser.add_argument('--tune-malloc', action='store_true',
-                        help='keep freed buffers in the process (glibc mallopt) instead of unmapping per frame')
+                        help='glibc mallopt: keep freed buffers instead of unmapping them every frame')
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.warmup < 0:
         parser.error('--iterations must be >= 1 and --warmup >= 0')

@@ -155,7 +155,8 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: Check
     path = Path(path)
     for attr in ('profile', 'num_classes'):
         if hasattr(model, attr) and getattr(model, attr) != getattr(meta, attr):
-            raise ValueError(f'meta.{attr}={getattr(meta, attr)!r} but the model has {getattr(model, attr)!r}')
+            raise ValueError(f'meta.{attr}={getattr(meta, attr)!r} but the model has '
+                             f'{getattr(model, attr)!r}')
     CheckpointMeta.from_dict(json.loads(meta.to_json()))  # refuse to write what could not be read back
     tensors = {_MODEL_PREFIX + k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     metadata = {'format': FORMAT, 'jetseg': meta.to_json()}
@@ -234,11 +235,11 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
             _, stop = info['data_offsets']
             end = max(end, int(stop))
         except (TypeError, KeyError, ValueError):
-            raise CheckpointError(path, f'corrupt safetensors header (bad entry for tensor {name!r})') from None
+            raise CheckpointError(path, f'corrupt safetensors header (bad entry for {name!r})') from None
     if 8 + n + end > size:
-        raise CheckpointError(path, f'truncated: tensor data needs {8 + n + end} bytes but the file has {size}')
+        raise CheckpointError(path, f'truncated: tensor data needs {8 + n + end} bytes, the file has {size}')
     if not isinstance(metadata, dict) or 'jetseg' not in metadata:
-        raise CheckpointError(path, "not a JetSeg checkpoint (no 'jetseg' metadata in the safetensors header)")
+        raise CheckpointError(path, "not a JetSeg checkpoint (no 'jetseg' entry in the header metadata)")
     return header, metadata, size
 
 
@@ -304,7 +305,8 @@ def load_checkpoint(path: str | os.PathLike, *, profile: str | None = None,
         shape = list(header[stored[name]].get('shape', []))
         if shape != list(ref.shape):
             raise CheckpointError(path, f'tensor {name} has shape {tuple(shape)}, profile '
-                                        f"'{meta.profile}' with {meta.num_classes} classes needs {tuple(ref.shape)}")
+                                        f"'{meta.profile}' with {meta.num_classes} classes needs "
+                                        f'{tuple(ref.shape)}')
     tensors = _read_tensors(path)
     state = {name: tensors[key] for name, key in stored.items()}
     try:
@@ -315,7 +317,8 @@ def load_checkpoint(path: str | os.PathLike, *, profile: str | None = None,
     return model, meta
 
 
-def restore_training_state(path: str | os.PathLike, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+def restore_training_state(path: str | os.PathLike,
+                           optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Load the optimiser state saved with the checkpoint; return its train_state dict.
 
     Raises CheckpointError if the file was saved without optimiser state or the
@@ -369,7 +372,8 @@ def shipped_checkpoint(profile: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def untrained_model(profile: str, num_classes: int | None = None, input_size: Sequence[int] = DEFAULT_INPUT_SIZE,
+def untrained_model(profile: str, num_classes: int | None = None,
+                    input_size: Sequence[int] = DEFAULT_INPUT_SIZE,
                     seed: int = 0) -> tuple[torch.nn.Module, CheckpointMeta]:
     """A randomly initialised network with CamVid-11 metadata: for speed tests, not for use.
 

@@ -33,11 +33,13 @@ def build_parser() -> OneLineParser:
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('checkpoint', nargs='?', default='',
                    help="checkpoint file; empty: the shipped weights of --profile; 'untrained': random init")
-    p.add_argument('--profile', default='nano', help='profile of the shipped weights to use without a checkpoint')
+    p.add_argument('--profile', default='nano',
+                   help='profile of the shipped weights to use without a checkpoint')
     p.add_argument('--dataset', default='synthetic', choices=DATASETS)
     p.add_argument('--data-root', type=Path, default=None)
     p.add_argument('--split', default='test', help='dataset split (synthetic: held-out scenes)')
-    p.add_argument('--size', type=parse_size, default=None, help="network input HxW (default: the checkpoint's)")
+    p.add_argument('--size', type=parse_size, default=None,
+                   help="network input HxW (default: the checkpoint's)")
     p.add_argument('--batch-size', type=positive_int, default=4)
     p.add_argument('--device', default='auto')
     p.add_argument('--threads', type=positive_int, default=None)
@@ -58,7 +60,8 @@ def _dataset(args: argparse.Namespace, size: tuple[int, int], mean, std):
     if args.dataset == 'synthetic':
         from .data.synthetic import SyntheticScenes
 
-        return SyntheticScenes(args.synthetic_scenes, size, args.seed + SYNTHETIC_VAL_SEED_OFFSET, transform=tf)
+        seed = args.seed + SYNTHETIC_VAL_SEED_OFFSET
+        return SyntheticScenes(args.synthetic_scenes, size, seed, transform=tf)
     from .data.datasets import DatasetError, build_dataset
 
     if args.data_root is None:
@@ -141,7 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.checkpoint not in ('', 'untrained') and not Path(args.checkpoint).is_file():
             raise UsageError(f'{args.checkpoint}: no such checkpoint file')
         try:
-            model, meta = resolve_checkpoint(args.checkpoint, args.profile if args.checkpoint in ('', 'untrained') else None)
+            shipped = args.checkpoint in ('', 'untrained')
+            model, meta = resolve_checkpoint(args.checkpoint, args.profile if shipped else None)
         except CheckpointError as exc:
             raise UsageError(str(exc)) from None
         device = select_device(args.device, Dist())
@@ -154,8 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if matrix.shape[0] != len(meta.class_names):
             raise UsageError(f'dataset has {matrix.shape[0]} classes, checkpoint {len(meta.class_names)}')
         n = min(len(dataset), args.limit or len(dataset))
-        where = (f'{args.synthetic_scenes} held-out synthetic scenes (seed {args.seed} + {SYNTHETIC_VAL_SEED_OFFSET})'
-                 if args.dataset == 'synthetic' else f'{args.dataset} {args.split}')
+        where = f'{args.dataset} {args.split}'
+        if args.dataset == 'synthetic':
+            where = (f'{args.synthetic_scenes} held-out synthetic scenes '
+                     f'(seed {args.seed} + {SYNTHETIC_VAL_SEED_OFFSET})')
         print(f'{meta.profile} ({args.checkpoint or "shipped weights"}) on {where}: '
               f'{n} images at {size[0]}x{size[1]}, device {device}')
         print(format_iou_table(report, list(meta.class_names)))
@@ -172,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 'checkpoint': args.checkpoint or 'shipped', 'profile': meta.profile, 'dataset': args.dataset,
                 'split': args.split, 'images': n, 'input_size': list(size), 'miou': float(report.miou),
                 'pixel_accuracy': float(report.pixel_accuracy),
-                'per_class_iou': dict(zip(meta.class_names, per_class)),
+                'per_class_iou': dict(zip(meta.class_names, per_class, strict=True)),
                 'absent_classes': [meta.class_names[i] if isinstance(i, int) else i
                                    for i in getattr(report, 'absent_classes', [])],
                 'images_per_s': ips, 'device': str(device), 'confusion_matrix': matrix.tolist(),

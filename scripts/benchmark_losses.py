@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GLIBC_TUNABLES = 'glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:glibc.malloc.top_pad=268435456'
+GLIBC_TUNABLES = ('glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:'
+                  'glibc.malloc.top_pad=268435456')
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -62,6 +63,7 @@ def run_one(loss: str, args: argparse.Namespace) -> dict[str, object]:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
     # glibc otherwise hands large tensor buffers back to the OS every step (page faults on 2 cores).
     env.setdefault('GLIBC_TUNABLES', GLIBC_TUNABLES)
+    env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # no spinning OpenMP threads on a shared CPU
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     wall = time.monotonic() - t0
@@ -97,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     for loss in [s.strip() for s in args.losses.split(',') if s.strip()]:
         print(f'training with {loss} for {args.minutes:g} min ...', flush=True)
         r = run_one(loss, args)
-        print(f"  {loss}: final val mIoU {100 * r['final']:.1f}% after {r['epochs']} epochs / {r['steps']} steps",
-              flush=True)
+        print(f"  {loss}: final val mIoU {100 * r['final']:.1f}% after {r['epochs']} epochs / "
+              f"{r['steps']} steps", flush=True)
         results.append(r)
     text = table(results, args)
     print(text)

@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--checkpoint', default='', help="'' = shipped weights, 'untrained', or a path")
     parser.add_argument('--qos', default='reliable', choices=('reliable', 'best_effort'),
                         help="the node's image subscription reliability (default reliable)")
-    parser.add_argument('--sample-every', type=float, default=5.0, help='RSS sampling period in s (default 5)')
+    parser.add_argument('--sample-every', type=float, default=5.0,
+                        help='RSS sampling period in s (default 5)')
     parser.add_argument('--warmup', type=float, default=5.0, help='seconds ignored at the start (default 5)')
     parser.add_argument('--json', type=Path, default=None, help='also write the figures to this file')
     args = parser.parse_args(argv)
@@ -101,7 +102,8 @@ def measure(args: argparse.Namespace) -> dict:
     rss: list[tuple[float, float]] = []
     try:
         node = Child.start('segmentation_node', node_command(params_file, {
-            'checkpoint': args.checkpoint, 'num_threads': threads, 'qos_reliability': args.qos}), node_env, work)
+            'checkpoint': args.checkpoint, 'num_threads': threads, 'qos_reliability': args.qos}),
+            node_env, work)
         children.append(node)
         print(f'benchmark: loading the {args.profile} node (logs in {work}) ...', flush=True)
         deadline = time.monotonic() + 180
@@ -111,7 +113,7 @@ def measure(args: argparse.Namespace) -> dict:
             time.sleep(0.2)
         children.append(Child.start('image_source', source_command(params_file, {
             'source': 'synthetic', 'width': args.width, 'height': args.height, 'rate': args.rate,
-            'wait_for_subscribers': 2}), ros_env(domain), work))
+            'wait_for_subscribers': 1}), ros_env(domain), work))
         while recorder.latency.last is None:
             if not all(c.running for c in children) or time.monotonic() > deadline:
                 raise DemoError('no output from the node:\n' + '\n'.join(c.tail() for c in children))
@@ -140,9 +142,10 @@ def measure(args: argparse.Namespace) -> dict:
         frames_in = int(last.frames_in - first_in)
         return {
             'profile': recorder.class_info.profile, 'checkpoint': recorder.class_info.checkpoint,
-            'input': f'{args.width}x{args.height} @ {args.rate:g} Hz', 'seconds': args.seconds, 'threads': threads,
-            'qos': args.qos,
-            'end_to_end_ms': percentiles(lat.total[skip:n]), 'inference_ms': percentiles(lat.inference[skip:n]),
+            'input': f'{args.width}x{args.height} @ {args.rate:g} Hz', 'seconds': args.seconds,
+            'threads': threads, 'qos': args.qos,
+            'end_to_end_ms': percentiles(lat.total[skip:n]),
+            'inference_ms': percentiles(lat.inference[skip:n]),
             'node_overhead_ms': percentiles(lat.overhead[skip:n]),
             'preprocess_ms': percentiles(lat.preprocess[skip:n]),
             'postprocess_ms': percentiles(lat.postprocess[skip:n]),

@@ -45,7 +45,7 @@ def _tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str
     from safetensors import safe_open
 
     with safe_open(str(path), framework='pt') as f:
-        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict), f.metadata()
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
 
 
 def test_round_trip_restores_weights_outputs_and_metadata(saved):
@@ -263,7 +263,8 @@ def test_untrained_spec_gives_reproducible_camvid11_network():
     model_b, _ = resolve_checkpoint('untrained', 'nano')
     assert meta.class_names == list(CAMVID11.class_names) and meta.num_classes == 11
     assert meta.input_size == (360, 480) and meta.profile == 'nano'
-    assert all(torch.equal(a, b) for a, b in zip(model_a.state_dict().values(), model_b.state_dict().values()))
+    pairs = zip(model_a.state_dict().values(), model_b.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_empty_spec_uses_shipped_weights_or_says_how_to_get_them(saved, tmp_path, monkeypatch):

@@ -16,7 +16,8 @@ from jetseg_core.palettes import CAMVID11
 EVAL_TINY = ['--synthetic-scenes', '3', '--threads', '1', '--batch-size', '3']
 
 
-def test_eval_prints_iou_table_and_writes_confusion_png_and_json(tiny_checkpoint: Path, tmp_path: Path, capsys):
+def test_eval_prints_iou_table_and_writes_confusion_png_and_json(tiny_checkpoint: Path, tmp_path: Path,
+                                                                 capsys):
     png, js = tmp_path / 'cm.png', tmp_path / 'eval.json'
     assert evaluate.main([str(tiny_checkpoint), *EVAL_TINY, '--confusion', str(png), '--json', str(js)]) == 0
     out = capsys.readouterr().out
@@ -45,7 +46,8 @@ def test_eval_corrupt_checkpoint_exits_2_with_one_line(tmp_path: Path, capsys):
 
 
 def test_eval_missing_data_root_exits_2(tiny_checkpoint: Path, tmp_path: Path, capsys):
-    rc = evaluate.main([str(tiny_checkpoint), '--dataset', 'cityscapes', '--data-root', str(tmp_path / 'nope')])
+    rc = evaluate.main([str(tiny_checkpoint), '--dataset', 'cityscapes',
+                        '--data-root', str(tmp_path / 'nope')])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and 'nope' in err[0]
 
@@ -103,7 +105,8 @@ def test_predict_video_writes_colour_and_overlay_videos(tiny_checkpoint: Path, t
             frames += 1
         cap.release()
         assert frames == 3
-    assert sorted(p.name for p in (out / 'drive_labels').iterdir()) == ['000000.png', '000001.png', '000002.png']
+    frames = sorted(p.name for p in (out / 'drive_labels').iterdir())
+    assert frames == ['000000.png', '000001.png', '000002.png']
 
 
 def test_predict_missing_input_or_corrupt_checkpoint_exits_2(tiny_checkpoint: Path, image_folder: Path,
@@ -121,8 +124,8 @@ def test_predict_missing_input_or_corrupt_checkpoint_exits_2(tiny_checkpoint: Pa
 @pytest.mark.skipif(shipped_checkpoint('nano') is None, reason='no shipped nano weights in this checkout')
 def test_shipped_nano_weights_segment_held_out_synthetic_scenes(tmp_path: Path, capsys):
     js = tmp_path / 'eval.json'
-    assert evaluate.main(['--synthetic-scenes', '4', '--threads', '1', '--confusion', str(tmp_path / 'cm.png'),
-                          '--json', str(js)]) == 0
+    assert evaluate.main(['--synthetic-scenes', '4', '--threads', '1',
+                          '--confusion', str(tmp_path / 'cm.png'), '--json', str(js)]) == 0
     result = json.loads(js.read_text())
     assert result['checkpoint'] == 'shipped' and result['input_size'] == [240, 320]
     assert result['miou'] > 0.4  # uniformly random labels score about 0.05

@@ -32,7 +32,7 @@ def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope='module')
 def calibrated() -> tuple[torch.nn.Module, CheckpointMeta]:
-    """A random network whose BatchNorm statistics are not the identity (so folding really changes weights)."""
+    """A random network with non-identity BatchNorm statistics (so folding really changes weights)."""
     torch.manual_seed(5)
     model = build_model('nano', 11)
     for module in model.modules():
@@ -67,7 +67,8 @@ def test_labels_come_back_at_the_input_size(segmenter, size):
     assert result.labels.shape == size and result.labels.dtype == np.uint8
     assert result.labels.max() < segmenter.num_classes and result.probs is None
     assert result.preprocess_ms > 0 and result.inference_ms > 0 and result.postprocess_ms > 0
-    assert result.total_ms == pytest.approx(result.preprocess_ms + result.inference_ms + result.postprocess_ms)
+    parts = result.preprocess_ms + result.inference_ms + result.postprocess_ms
+    assert result.total_ms == pytest.approx(parts)
 
 
 def test_labels_are_the_argmax_of_the_network_at_network_size(segmenter, calibrated_checkpoint):

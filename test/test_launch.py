@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch/install.sh)')
+pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
 pytest.importorskip('launch_testing', reason='launch_testing is not installed (ROS 2, or shared/ros-launch)')
 
 import launch_testing.actions
@@ -72,7 +72,7 @@ class TestNanoLaunchWithSyntheticSource(unittest.TestCase):
         while time.monotonic() < deadline and len(labels) < 2:
             executor.spin_once(timeout_sec=0.1)
         executor.remove_node(self.node)
-        self.assertGreaterEqual(len(labels), 2, 'no labels on /jetseg/labels from nano.launch.py source:=synthetic')
+        self.assertGreaterEqual(len(labels), 2, 'no labels on /jetseg/labels from nano.launch.py')
         msg = labels[-1]
         self.assertEqual(msg.encoding, 'mono8')
         self.assertEqual(msg.header.frame_id, 'camera')  # the image source's frame, carried through
