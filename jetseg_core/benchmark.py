@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import resource
 import sys
 import time
@@ -143,6 +144,10 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
     print(f'JetSeg {profile} ({meta.num_classes} classes), network {h}x{w}, frame '
           f'{frame_size[0]}x{frame_size[1]}, device {dev}, torch {torch.__version__}, '
           f'{iterations} interleaved frames per variant', file=out)
+    # Context that moves the figures most on a shared CPU: other load, and OpenMP spin-waiting
+    # (OMP_WAIT_POLICY=PASSIVE was ~3x faster with 2 threads on a busy 2-core machine).
+    print(f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, '
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}", file=out)
     times: dict[tuple[int, str], list[float]] = {}
     model_ms: dict[tuple[int, str], list[float]] = {}
     reference = None

@@ -265,6 +265,13 @@ def count_pixels(dataset: torch.utils.data.Dataset, num_classes: int) -> np.ndar
     return counts[:num_classes]
 
 
+def loss_name(args: argparse.Namespace) -> str:
+    """The loss as named in logs and checkpoints, with its class weighting when it has one."""
+    if args.loss == 'ce':
+        return 'ce'
+    return f'{args.loss} ({"class-balanced" if args.class_weights == "balanced" else "uniform"} weights)'
+
+
 def build_data(args: argparse.Namespace, need_counts: bool) -> DataBundle:
     """Training/validation sets with their transforms, class names and (for JetLoss) pixel counts."""
     from .data import transforms as T
@@ -285,7 +292,7 @@ def build_data(args: argparse.Namespace, need_counts: bool) -> DataBundle:
         raw = train if need_counts else None
         desc = (f'synthetic CamVid-11-style scenes from jetseg_core.data.synthetic, '
                 f'{args.synthetic_scenes} scenes, seed {args.seed}, {size[0]}x{size[1]}, {{epochs}} epochs, '
-                f'{args.loss} loss, {args.optimizer}; NOT CamVid')
+                f'{loss_name(args)} loss, {args.optimizer}; NOT CamVid')
     else:
         from .data.datasets import DatasetError, build_dataset
 
@@ -302,7 +309,7 @@ def build_data(args: argparse.Namespace, need_counts: bool) -> DataBundle:
         except (DatasetError, FileNotFoundError, NotADirectoryError) as exc:
             raise UsageError(str(exc)) from None
         desc = (f'{args.dataset} {args.train_split} split ({args.data_root.name}), {size[0]}x{size[1]}, '
-                f'{{epochs}} epochs, {args.loss} loss, {args.optimizer}')
+                f'{{epochs}} epochs, {loss_name(args)} loss, {args.optimizer}')
     if len(train) == 0 or len(val) == 0:
         which = 'training' if len(train) == 0 else 'validation'
         raise UsageError(f'dataset {args.dataset}: empty {which} split')
@@ -534,7 +541,8 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
 
     def save(path: Path, epoch: int, miou: float) -> None:
         extra = {'epoch': epoch, 'miou': miou, 'best_miou': best_miou, 'dataset': args.dataset,
-                 'loss': args.loss, 'class_weights': args.class_weights, 'optimizer': args.optimizer, 'schedule': args.schedule,
+                 'loss': args.loss, 'class_weights': args.class_weights, 'optimizer': args.optimizer,
+                 'schedule': args.schedule,
                  'batch_size': args.batch_size * dist.world_size, 'epochs': args.epochs, 'seed': args.seed,
                  'lr': optimizer.param_groups[0]['initial_lr'], 'weight_decay': args.weight_decay,
                  'augment': augment, 'time_budget_min': args.time_budget, 'steps': step}
@@ -547,7 +555,7 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     log(f'jetseg-train: {args.profile} on {args.dataset} ({len(data.train)} train / {len(data.val)} val '
-        f'images, {num_classes} classes) at {args.size[0]}x{args.size[1]}, {args.loss} loss, '
+        f'images, {num_classes} classes) at {args.size[0]}x{args.size[1]}, {loss_name(args)} loss, '
         f'{args.optimizer} {args.schedule}, device {device}'
         + (f', {dist.world_size} processes' if dist.enabled else ''))
     if start_epoch > args.epochs:

@@ -254,7 +254,8 @@ class Recorder:
         self.gif_stride = max(1, math.ceil(frames / GIF_MAX_FRAMES))
         self.viewer_latency: list[float] = []  # image stamp -> overlay arrival here
         prefix = f'/{namespace.strip("/")}' if namespace.strip('/') else ''
-        best_effort = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.BEST_EFFORT)
+        # Reliable image subscriptions: best-effort 640x480 frames get lost on a loaded machine.
+        images = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
         reliable = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
@@ -262,9 +263,9 @@ class Recorder:
         sub(SegmentationLatency, f'{prefix}/{NODE_NAME}/latency', self._on_latency, reliable)
         sub(ClassInfo, f'{prefix}/{NODE_NAME}/class_info', self._on_class_info, latched)
         if with_images:
-            sub(Image, f'{prefix}/camera/image_raw', self._on_input, best_effort)
-            sub(Image, f'{prefix}/{NODE_NAME}/color_mask', self._on_mask, best_effort)
-            sub(Image, f'{prefix}/{NODE_NAME}/overlay', self._on_overlay, best_effort)
+            sub(Image, f'{prefix}/camera/image_raw', self._on_input, images)
+            sub(Image, f'{prefix}/{NODE_NAME}/color_mask', self._on_mask, images)
+            sub(Image, f'{prefix}/{NODE_NAME}/overlay', self._on_overlay, images)
         (out_dir / 'frames').mkdir(parents=True, exist_ok=True)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)

@@ -29,7 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--minutes', type=float, default=10.0, help='training wall-clock budget per loss')
-    p.add_argument('--losses', default='jetloss,ce,jetloss+ce')
+    p.add_argument('--losses', default='jetloss,ce,jetloss+ce',
+                   help="comma-separated; a ':uniform' suffix trains JetLoss with uniform class weights "
+                        "instead of class-balanced ones (e.g. jetloss:uniform)")
     p.add_argument('--profile', default='nano')
     p.add_argument('--size', default='192x256', help='network input HxW')
     p.add_argument('--scenes', type=int, default=300, help='synthetic training scenes')
@@ -50,14 +52,15 @@ def read_log(path: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def run_one(loss: str, args: argparse.Namespace) -> dict[str, object]:
-    out = args.output / loss.replace('+', '_plus_')
+def run_one(spec: str, args: argparse.Namespace) -> dict[str, object]:
+    loss, _, weights = spec.partition(':')
+    out = args.output / spec.replace('+', '_plus_').replace(':', '_')
     cmd = [sys.executable, '-m', 'jetseg_core.train', '--profile', args.profile, '--dataset', 'synthetic',
            '--synthetic-scenes', str(args.scenes), '--synthetic-val-scenes', str(args.val_scenes),
            '--size', args.size, '--epochs', '1000', '--time-budget', str(args.minutes),
            '--batch-size', str(args.batch_size), '--optimizer', args.optimizer, '--loss', loss,
            '--threads', str(args.threads), '--workers', str(args.workers), '--seed', str(args.seed),
-           '--no-progress', '--output', str(out)]
+           '--class-weights', weights or 'balanced', '--no-progress', '--output', str(out)]
     if args.lr is not None:
         cmd += ['--lr', str(args.lr)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
@@ -69,12 +72,13 @@ def run_one(loss: str, args: argparse.Namespace) -> dict[str, object]:
     wall = time.monotonic() - t0
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-        raise SystemExit(f'{loss}: training failed (exit {proc.returncode}):\n' + '\n'.join(tail))
+        raise SystemExit(f'{spec}: training failed (exit {proc.returncode}):\n' + '\n'.join(tail))
     rows = read_log(out / 'log.csv')
     from jetseg_core.checkpoint import restore_training_state
 
     state = restore_training_state(out / 'last.safetensors', None)
-    return {'loss': loss, 'epochs': len(rows), 'steps': int(state.get('global_step', 0)),
+    label = 'ce (unweighted)' if loss == 'ce' else f"{loss} ({weights or 'class-balanced'} weights)"
+    return {'loss': label, 'epochs': len(rows), 'steps': int(state.get('global_step', 0)),
             'best': max(r['val_miou'] for r in rows), 'final': rows[-1]['val_miou'],
             'pixel_acc': rows[-1]['val_pixel_accuracy'], 'train_loss': rows[-1]['train_loss'], 'wall_s': wall}
 
