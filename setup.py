@@ -38,6 +38,7 @@ setup(
             'jetseg-predict = jetseg_core.predict:main',
             'jetseg-complexity = jetseg_core.complexity:main',
             'jetseg-benchmark = jetseg_core.benchmark:main',
+            'jetseg-export = jetseg_core.export:main',
         ],
     },
 )

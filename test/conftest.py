@@ -19,7 +19,7 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope='session')
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A random-init nano checkpoint: 11 CamVid classes, network input 96x128 (fast in tests)."""
+    """An untrained nano checkpoint: 11 CamVid classes, network input 96x128 (fast in tests)."""
     import torch
 
     from jetseg_core.checkpoint import CheckpointMeta, save_checkpoint
@@ -28,6 +28,16 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     model = build_model('nano', num_classes=len(CAMVID11.class_names))
+    # A fresh network's logits are ~1e-4, so its labels would be decided by rounding noise.
+    # Spread the batch-norm statistics to get clear, reproducible decisions.
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1, generator=generator)
+                module.running_var.uniform_(0.05, 0.2, generator=generator)
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.uniform_(-0.2, 0.2, generator=generator)
     meta = CheckpointMeta(
         profile='nano',
         num_classes=len(CAMVID11.class_names),
