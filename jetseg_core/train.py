@@ -541,8 +541,8 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
 
     def save(path: Path, epoch: int, miou: float) -> None:
         extra = {'epoch': epoch, 'miou': miou, 'best_miou': best_miou, 'dataset': args.dataset,
-                 'loss': args.loss, 'class_weights': args.class_weights, 'optimizer': args.optimizer,
-                 'schedule': args.schedule,
+                 'loss': args.loss, 'class_weights': 'none' if args.loss == 'ce' else args.class_weights,
+                 'optimizer': args.optimizer, 'schedule': args.schedule,
                  'batch_size': args.batch_size * dist.world_size, 'epochs': args.epochs, 'seed': args.seed,
                  'lr': optimizer.param_groups[0]['initial_lr'], 'weight_decay': args.weight_decay,
                  'augment': augment, 'time_budget_min': args.time_budget, 'steps': step}
