@@ -70,7 +70,8 @@ class ComplexityReport:
         rows = list(self.stages.items()) + [('total', self.total)]
         for name, s in rows:
             share = 100.0 * s.macs / self.total.macs if self.total.macs else 0.0
-            lines.append(f'{name:<10}{s.params:>12,}{s.macs / 1e9:>12.4f}{s.flops / 1e9:>14.4f}{share:>8.1f}%')
+            lines.append(f'{name:<10}{s.params:>12,}{s.macs / 1e9:>12.4f}'
+                         f'{s.flops / 1e9:>14.4f}{share:>8.1f}%')
         return '\n'.join(lines)
 
 
@@ -78,7 +79,8 @@ def _numel_per_sample(t: torch.Tensor) -> int:
     return t.numel() // t.shape[0] if t.dim() > 0 and t.shape[0] else t.numel()
 
 
-def layer_counts(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> tuple[int, int]:
+def layer_counts(module: nn.Module, inputs: tuple[torch.Tensor, ...],
+                 output: torch.Tensor) -> tuple[int, int]:
     """(MACs, paper FLOPs) of one leaf module for one sample, from its actual input and output."""
     x = inputs[0] if inputs else None
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):

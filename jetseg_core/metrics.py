@@ -36,12 +36,13 @@ class IoUReport:
         """JSON-friendly view (nan -> None) for evaluation reports and checkpoint metadata."""
         def clean(v: float) -> float | None:
             return None if math.isnan(v) else round(float(v), 6)
-        names = list(class_names) if class_names is not None else [str(i) for i in range(len(self.per_class_iou))]
+        names = (list(class_names) if class_names is not None
+                 else [str(i) for i in range(len(self.per_class_iou))])
         return {
             'miou': clean(self.miou),
             'pixel_accuracy': clean(self.pixel_accuracy),
             'mean_accuracy': clean(self.mean_accuracy),
-            'per_class_iou': {n: clean(v) for n, v in zip(names, self.per_class_iou)},
+            'per_class_iou': {n: clean(v) for n, v in zip(names, self.per_class_iou, strict=False)},
             'absent_classes': [names[i] for i in self.absent_classes],
             'num_pixels': int(self.num_pixels),
         }
@@ -61,12 +62,16 @@ class ConfusionMatrix:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
-        """Add a batch. `pred` is labels shaped like `target`, or scores (N, C, H, W) / (C, H, W) to argmax."""
+        """Add a batch.
+
+        `pred` is labels shaped like `target`, or scores (N, C, H, W) / (C, H, W) to argmax.
+        """
         pred, target = torch.as_tensor(pred), torch.as_tensor(target)
         if pred.ndim == target.ndim + 1:
             pred = pred.argmax(dim=-3)
         if pred.shape != target.shape:
-            raise ValueError(f'prediction shape {tuple(pred.shape)} does not match target {tuple(target.shape)}')
+            raise ValueError(
+                f'prediction shape {tuple(pred.shape)} does not match target {tuple(target.shape)}')
         pred, target = pred.to(target.device).long().flatten(), target.long().flatten()
         valid = target != self.ignore_index
         pred, target = pred[valid], target[valid]
@@ -84,7 +89,8 @@ class ConfusionMatrix:
     def compute(self) -> IoUReport:
         """IoU per class, mIoU over present classes, pixel and mean class accuracy."""
         k = self.num_classes
-        cm = (self.matrix.cpu().numpy() if self.matrix is not None else np.zeros((k, k), np.int64)).astype(np.int64)
+        cm = self.matrix.cpu().numpy() if self.matrix is not None else np.zeros((k, k), np.int64)
+        cm = cm.astype(np.int64)
         tp = np.diag(cm).astype(np.float64)
         fp = cm.sum(axis=0) - tp
         fn = cm.sum(axis=1) - tp
@@ -117,7 +123,7 @@ def format_iou_table(report: IoUReport, class_names: Sequence[str]) -> str:
 
     lines = [f'{"class":<{width}}  IoU %   Acc %', '-' * (width + 16)]
     accs = report.per_class_accuracy or [float('nan')] * len(class_names)
-    for name, iou, acc in zip(class_names, report.per_class_iou, accs):
+    for name, iou, acc in zip(class_names, report.per_class_iou, accs, strict=False):
         lines.append(f'{name:<{width}} {pct(iou)}  {pct(acc)}')
     lines.append('-' * (width + 16))
     lines.append(f'{"mIoU":<{width}} {pct(report.miou)}')

@@ -100,5 +100,6 @@ def check_num_classes(num_classes: int) -> int:
     except TypeError:
         n = None
     if n is None or isinstance(num_classes, bool) or not MIN_CLASSES <= n <= MAX_CLASSES:
-        raise ValueError(f'num_classes must be an integer in {MIN_CLASSES}..{MAX_CLASSES}, got {num_classes!r}')
+        raise ValueError(
+            f'num_classes must be an integer in {MIN_CLASSES}..{MAX_CLASSES}, got {num_classes!r}')
     return n

@@ -84,8 +84,8 @@ def _pixel_rows(msg: Image, enc: str) -> np.ndarray:
     row_bytes = width * _BYTES_PER_PIXEL[enc]
     if step < row_bytes:
         raise ImageConversionError(
-            f'step {step} is smaller than width*bytes per pixel ({width}*{_BYTES_PER_PIXEL[enc]}={row_bytes}) '
-            f'for {enc}')
+            f'step {step} is smaller than width*bytes per pixel '
+            f'({width}*{_BYTES_PER_PIXEL[enc]}={row_bytes}) for {enc}')
     data = np.frombuffer(msg.data, dtype=np.uint8)
     if data.size != step * height:
         raise ImageConversionError(
@@ -207,7 +207,8 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     try:
         with PILImage.open(io.BytesIO(data)) as img:
             if img.format not in ('JPEG', 'PNG'):
-                raise ImageConversionError(f"unsupported compressed format {img.format} (format field '{fmt}')")
+                raise ImageConversionError(
+                    f"unsupported compressed format {img.format} (format field '{fmt}')")
             rgb = np.asarray(img.convert('RGB'))
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ImageConversionError(f"cannot decode compressed image (format '{fmt}'): {exc}") from None
@@ -256,7 +257,8 @@ def _encode_pixels(rgb: np.ndarray, enc: str, bigendian: bool) -> np.ndarray:
     if enc == 'mono8':
         return luma
     if enc == 'mono16':
-        return (luma.astype(np.uint16) * 257).astype('>u2' if bigendian else '<u2').view(np.uint8).reshape(height, -1)
+        wide = (luma.astype(np.uint16) * 257).astype('>u2' if bigendian else '<u2')
+        return wide.view(np.uint8).reshape(height, -1)
     if enc in _YUV_LAYOUT:
         if width % 2:
             raise ImageConversionError(f'odd width {width} for {enc} (4:2:2 needs pixel pairs)')

@@ -102,7 +102,8 @@ class ParameterSpec:
         if self.choices and value not in self.choices:
             return f"parameter '{self.name}' cannot be '{value}' (valid: {', '.join(self.choices)})"
         if self.min_value is not None and not self.min_value <= value <= self.max_value:
-            return f"parameter '{self.name}' cannot be {value} (valid range: {self.min_value:g}..{self.max_value:g})"
+            return (f"parameter '{self.name}' cannot be {value} "
+                    f'(valid range: {self.min_value:g}..{self.max_value:g})')
         return None
 
 
@@ -118,20 +119,25 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   choices=('auto', 'cpu', 'cuda'), read_only=True),
     ParameterSpec('precision', 'fp32', "Network precision; fp16 needs CUDA, 'auto' = fp16 on CUDA else fp32",
                   choices=('fp32', 'fp16', 'auto'), read_only=True),
-    ParameterSpec('num_threads', 0, 'CPU threads for inference; 0 = torch default', min_value=0, max_value=256),
+    ParameterSpec('num_threads', 0, 'CPU threads for inference; 0 = torch default',
+                  min_value=0, max_value=256),
     ParameterSpec('output_resolution', 'input', "Size of the outputs: 'input' (same as the camera image) or "
                   "'network' (the network's input size, cheaper; ~/camera_info is scaled to match)",
                   choices=('input', 'network')),
-    ParameterSpec('overlay_alpha', 0.5, 'Opacity of the colour mask in ~/overlay (0 = image only, 1 = mask only)',
+    ParameterSpec('overlay_alpha', 0.5,
+                  'Opacity of the colour mask in ~/overlay (0 = image only, 1 = mask only)',
                   min_value=0.0, max_value=1.0),
-    ParameterSpec('qos_reliability', 'best_effort', 'Reliability of the image subscription; best_effort hears '
-                  'both kinds of publisher, reliable only reliable ones', choices=('best_effort', 'reliable'),
-                  read_only=True),
-    ParameterSpec('qos_depth', 1, 'Queue depth of the image subscription (the node keeps only the newest frame)',
+    ParameterSpec('qos_reliability', 'best_effort',
+                  'Reliability of the image subscription; best_effort hears '
+                  'both kinds of publisher, reliable only reliable ones',
+                  choices=('best_effort', 'reliable'), read_only=True),
+    ParameterSpec('qos_depth', 1,
+                  'Queue depth of the image subscription (the node keeps only the newest frame)',
                   min_value=1, max_value=100, read_only=True),
     ParameterSpec('max_frame_age_ms', 0, 'Drop frames older than this (node clock minus image stamp) instead '
                   'of segmenting them; 0 = off', min_value=0, max_value=600000),
-    ParameterSpec('publish_color_mask', True, 'Publish ~/color_mask (rendered only while someone subscribes)'),
+    ParameterSpec('publish_color_mask', True,
+                  'Publish ~/color_mask (rendered only while someone subscribes)'),
     ParameterSpec('publish_overlay', True, 'Publish ~/overlay (rendered only while someone subscribes)'),
     ParameterSpec('input_transport', 'raw', "'raw' subscribes sensor_msgs/Image on 'image'; 'compressed' "
                   "subscribes sensor_msgs/CompressedImage (JPEG/PNG) on 'image/compressed'",
@@ -276,8 +282,10 @@ class SegmentationNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._diag_prev = (time.perf_counter(), 0, 0, 0, 0)
-        self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, clock=self._steady)
-        self._no_image_timer = self.create_timer(NO_IMAGE_WARNING_S, self._warn_if_no_image, clock=self._steady)
+        self._diag_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics,
+                                             clock=self._steady)
+        self._no_image_timer = self.create_timer(NO_IMAGE_WARNING_S, self._warn_if_no_image,
+                                                 clock=self._steady)
 
         self._worker = threading.Thread(target=self._worker_loop, name='jetseg-inference', daemon=True)
         self._worker.start()
@@ -392,7 +400,8 @@ class SegmentationNode(Node):
     def _on_incompatible_qos(self, event: Any) -> None:
         self.get_logger().warning(
             f'a publisher on {self._image_topic} has QoS incompatible with this subscription '
-            f"({self._settings['qos_reliability']}, policy {getattr(event, 'last_policy_kind', '?')}): no images "
+            f"({self._settings['qos_reliability']}, "
+            f"policy {getattr(event, 'last_policy_kind', '?')}): no images "
             'will arrive from it; set qos_reliability:=best_effort or make the publisher reliable')
 
     def _on_set_parameters(self, params: list[rclpy.parameter.Parameter]) -> SetParametersResult:
@@ -426,7 +435,8 @@ class SegmentationNode(Node):
             detail = f'publishers: {pubs}'
             if own == 'reliable' and any(i.qos_profile.reliability == QoSReliabilityPolicy.BEST_EFFORT
                                          for i in infos):
-                detail += '; a reliable subscription hears no best-effort publisher: set qos_reliability:=best_effort'
+                detail += ('; a reliable subscription hears no best-effort publisher: '
+                           'set qos_reliability:=best_effort')
         self.get_logger().warning(
             f'no image received on {self._image_topic} after {NO_IMAGE_WARNING_S:g} s '
             f'(subscription QoS {own}; a QoS mismatch gives no data and no error); {detail}')
@@ -510,7 +520,8 @@ class SegmentationNode(Node):
         render_ms = (time.perf_counter() - t1) * 1000.0
 
         publish_ns = self.get_clock().now().nanoseconds
-        total_ms = (publish_ns - stamp) / 1e6 if stamp else (time.perf_counter() - frame.received_mono) * 1000.0
+        total_ms = ((publish_ns - stamp) / 1e6 if stamp
+                    else (time.perf_counter() - frame.received_mono) * 1000.0)
         with self._stats_lock:
             st = self._stats
             st.frames_processed += 1

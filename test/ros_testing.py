@@ -239,7 +239,8 @@ class TopicRecorder:
         with self._cond:
             ok = self._cond.wait_for(lambda: len(self._messages) >= n, timeout)
             if not ok:
-                raise AssertionError(f'{self.topic}: got {len(self._messages)} of {n} messages in {timeout} s')
+                raise AssertionError(
+                    f'{self.topic}: got {len(self._messages)} of {n} messages in {timeout} s')
             return list(self._messages)
 
     def wait_for(self, predicate: Callable[[Any], bool], timeout: float) -> Any:

@@ -40,7 +40,8 @@ def camvid_segnet(tmp_path):
 
 
 def _write_camvid32(root, n=10):
-    lines = [f'{r} {g} {b}\t{name}' for name, (r, g, b) in zip(CAMVID32.class_names, CAMVID32.colors.tolist())]
+    lines = [f'{r} {g} {b}\t{name}'
+             for name, (r, g, b) in zip(CAMVID32.class_names, CAMVID32.colors.tolist(), strict=True)]
     (root / 'label_colors.txt').parent.mkdir(parents=True, exist_ok=True)
     (root / 'label_colors.txt').write_text('\n'.join(lines) + '\n')
     for i in range(n):
@@ -76,7 +77,8 @@ def test_missing_mask_is_one_error_naming_the_file(camvid_segnet):
 def test_image_mask_size_mismatch_names_both_files(camvid_segnet):
     _save(camvid_segnet / 'trainannot' / 'train2.png', np.zeros((H, W + 1), np.uint8))
     ds = build_dataset('camvid', camvid_segnet, 'train')
-    with pytest.raises(DatasetError, match=r'trainannot/train2\.png: mask is 17x12 .* image .*train/train2\.png'):
+    with pytest.raises(DatasetError,
+                       match=r'trainannot/train2\.png: mask is 17x12 .* image .*train/train2\.png'):
         ds[2]
 
 
@@ -116,7 +118,8 @@ def test_unknown_colour_names_the_label_file(tmp_path):
     bad[0, 0] = (1, 2, 3)
     _save(root / 'LabeledApproved_full' / '0001TP_000001_L.png', bad)
     ds = build_dataset('camvid32', root, 'all')
-    with pytest.raises(DatasetError, match=r'0001TP_000001_L\.png: unknown label colour \(1, 2, 3\) on 1 pixels'):
+    with pytest.raises(DatasetError,
+                       match=r'0001TP_000001_L\.png: unknown label colour \(1, 2, 3\) on 1 pixels'):
         ds[1]
 
 
@@ -151,7 +154,8 @@ def test_cityscapes_label_ids_map_to_train_ids(tmp_path):
     assert len(ds) == 4 and ds.num_classes == 19 and ds.class_names == CITYSCAPES19.class_names
     _, labels = ds[0]
     raw = _ids(0, 34)
-    assert np.all(labels[raw == 7] == 0) and np.all(labels[raw == 26] == 13) and np.all(labels[raw == 33] == 18)
+    assert np.all(labels[raw == 7] == 0) and np.all(labels[raw == 26] == 13)
+    assert np.all(labels[raw == 33] == 18)
     assert np.all(labels[(raw < 7) | (raw == 9) | (raw == 30)] == 255)
 
 
@@ -172,7 +176,8 @@ def test_folder_layout_pairs_images_and_masks_by_stem(tmp_path):
 def test_synthetic_dataset_and_pixel_counts():
     ds = build_dataset('synthetic', None, 'val', num_scenes=3, size=(48, 64))
     assert isinstance(ds, SyntheticScenes) and len(ds) == 3
-    assert not np.array_equal(ds[0][1], build_dataset('synthetic', None, 'train', num_scenes=3, size=(48, 64))[0][1])
+    train = build_dataset('synthetic', None, 'train', num_scenes=3, size=(48, 64))
+    assert not np.array_equal(ds[0][1], train[0][1])
     counts = pixel_counts(ds, 11)
     expected = sum(np.bincount(ds[i][1].ravel(), minlength=11) for i in range(3))
     assert counts.tolist() == expected.tolist() and counts.sum() == 3 * 48 * 64

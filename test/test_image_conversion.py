@@ -52,7 +52,8 @@ def _raw_image(pixels: np.ndarray, encoding: str, padding: int = 0, bigendian: b
 
 
 @pytest.mark.parametrize(('encoding', 'order', 'alpha'), [
-    ('rgb8', [0, 1, 2], False), ('bgr8', [2, 1, 0], False), ('rgba8', [0, 1, 2], True), ('bgra8', [2, 1, 0], True),
+    ('rgb8', [0, 1, 2], False), ('bgr8', [2, 1, 0], False),
+    ('rgba8', [0, 1, 2], True), ('bgra8', [2, 1, 0], True),
 ])
 @pytest.mark.parametrize('padding', [0, 5])
 def test_colour_encodings_decode_exactly_with_row_padding(encoding, order, alpha, padding):
@@ -94,14 +95,16 @@ def test_yuv422_matches_opencv_bt601(encoding, cv_code, decoder):
     assert np.abs(out.astype(int) - reference).max() <= 2
 
 
-# ROS Bayer names give the first 2x2 tile; OpenCV names the pattern one pixel further in (cv_bridge's mapping).
+# ROS Bayer names give the first 2x2 tile; OpenCV names the pattern one pixel further in
+# (cv_bridge's mapping).
 @pytest.mark.parametrize(('encoding', 'cv_code'), [
     ('bayer_rggb8', cv2.COLOR_BayerBG2RGB), ('bayer_bggr8', cv2.COLOR_BayerRG2RGB),
     ('bayer_gbrg8', cv2.COLOR_BayerGR2RGB), ('bayer_grbg8', cv2.COLOR_BayerGB2RGB),
 ])
 def test_bayer_is_demosaiced_like_opencv_and_recovers_smooth_images(encoding, cv_code, decoder):
     rgb = _smooth_rgb()
-    tile = {'bayer_rggb8': 'RGGB', 'bayer_bggr8': 'BGGR', 'bayer_gbrg8': 'GBRG', 'bayer_grbg8': 'GRBG'}[encoding]
+    tiles = {'bayer_rggb8': 'RGGB', 'bayer_bggr8': 'BGGR', 'bayer_gbrg8': 'GBRG', 'bayer_grbg8': 'GRBG'}
+    tile = tiles[encoding]
     raw = np.empty((H, W), np.uint8)
     for i, (dy, dx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
         raw[dy::2, dx::2] = rgb[dy::2, dx::2, 'RGB'.index(tile[i])]

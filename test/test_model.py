@@ -51,7 +51,8 @@ def test_big_profiles_train_at_360x480_and_infer_at_720x1280(profile: str) -> No
 
 
 @pytest.mark.parametrize('profile', sorted(PROFILES))
-@pytest.mark.parametrize(('size', 'classes', 'batch'), [((97, 131), 2, 3), ((64, 64), 255, 1), ((65, 200), 19, 2)])
+@pytest.mark.parametrize(('size', 'classes', 'batch'),
+                         [((97, 131), 2, 3), ((64, 64), 255, 1), ((65, 200), 19, 2)])
 def test_odd_and_minimum_sizes_give_logits_of_input_size(profile: str, size: tuple[int, int], classes: int,
                                                           batch: int) -> None:
     torch.manual_seed(0)
@@ -124,8 +125,8 @@ def test_tanhexp_equals_its_definition_with_finite_gradients_for_large_inputs() 
     assert torch.isfinite(x.grad).all()
 
 
-@pytest.mark.parametrize(('cin', 'cout', 'groups'), [(8, 16, 4), (16, 16, 8), (3, 8, 1), (48, 64, 8), (2, 2, 1),
-                                                    (12, 18, 3)])
+@pytest.mark.parametrize(('cin', 'cout', 'groups'),
+                         [(8, 16, 4), (16, 16, 8), (3, 8, 1), (48, 64, 8), (2, 2, 1), (12, 18, 3)])
 def test_group_count_is_the_common_divisor_nearest_their_mean(cin: int, cout: int, groups: int) -> None:
     # (2, 2): divisors 1, 2, mean 1.5 is a tie -> the smaller; (12, 18): 1, 2, 3, 6, mean 3 -> 3.
     assert group_count(cin, cout) == groups

@@ -256,8 +256,8 @@ def test_diagnostics_report_rates_latency_and_setup(session):
     status = _status(array)
     assert 'jetseg' in status.name
     values = _values(array)
-    for key in ('input rate (Hz)', 'output rate (Hz)', 'latency p50 (ms)', 'latency p95 (ms)', 'frames dropped',
-                'frames rejected', 'last error', 'profile', 'device', 'backend'):
+    for key in ('input rate (Hz)', 'output rate (Hz)', 'latency p50 (ms)', 'latency p95 (ms)',
+                'frames dropped', 'frames rejected', 'last error', 'profile', 'device', 'backend'):
         assert key in values, key
     assert values['profile'] == 'nano' and values['device'] == 'cpu' and values['backend'].startswith('torch')
     assert float(values['latency p50 (ms)']) > 0
@@ -295,7 +295,8 @@ def test_malformed_frames_are_rejected_while_the_node_keeps_serving(session):
             assert time.monotonic() < deadline, f'no log line about {problem!r}:\n{session.node.output}'
             session.image_pub.publish(bad)
         error = session.diagnostics.wait_for(
-            lambda a, text=problem: _status(a).level == DiagnosticStatus.ERROR and text in _status(a).message, 30)
+            lambda a, text=problem: (_status(a).level == DiagnosticStatus.ERROR
+                                     and text in _status(a).message), 30)
         assert problem in _values(error)['last error']
         out = _send(session, rgb_to_image(_scene(11), 'rgb8', _header(session, 'good_again')))
         assert out['latency'].frames_rejected > latest
@@ -327,7 +328,8 @@ def test_sim_time_is_used_for_ages_and_max_frame_age_drops_old_frames(session):
         # The node's clock (diagnostics stamp) now reads the simulated time.
         session.diagnostics.wait_for(lambda a: a.header.stamp.sec == sim_sec, 30)
 
-        out = _send(session, rgb_to_image(_scene(13), 'rgb8', _header(session, 'sim', (sim_sec - 1, 750_000_000))))
+        out = _send(session, rgb_to_image(_scene(13), 'rgb8',
+                                          _header(session, 'sim', (sim_sec - 1, 750_000_000))))
         assert out['latency'].age_at_receipt_ms == pytest.approx(250.0, abs=1e-3)
         assert out['latency'].total_ms == pytest.approx(250.0, abs=1e-3)
 
@@ -338,7 +340,8 @@ def test_sim_time_is_used_for_ages_and_max_frame_age_drops_old_frames(session):
         while not session.node.wait_for_output('max_frame_age_ms (100 ms)', 1.0):
             assert time.monotonic() < deadline, session.node.output
             session.image_pub.publish(old)
-        fresh = _send(session, rgb_to_image(_scene(13), 'rgb8', _header(session, 'fresh', (sim_sec - 1, 950_000_000))))
+        fresh = _send(session, rgb_to_image(_scene(13), 'rgb8',
+                                            _header(session, 'fresh', (sim_sec - 1, 950_000_000))))
         assert fresh['latency'].total_ms == pytest.approx(50.0, abs=1e-3)
         assert fresh['latency'].frames_dropped > dropped_before
         assert not any(_same_header(old.header)(m) for m in session.labels.messages)

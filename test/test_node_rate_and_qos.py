@@ -85,7 +85,8 @@ def test_fast_reliable_camera_keeps_output_age_bounded_and_counts_drops(session)
         sent += 1
         time.sleep(max(0.0, start + sent / rate_hz - time.monotonic()))
     elapsed = time.monotonic() - start
-    last = latency.wait_for(lambda m: m.header.frame_id == f'fast_{sent - 1}', 60)  # the newest is never dropped
+    # the newest is never dropped
+    last = latency.wait_for(lambda m: m.header.frame_id == f'fast_{sent - 1}', 60)
     reports = latency.messages
 
     assert elapsed < seconds * 1.5, 'the test could not publish at 30 Hz'

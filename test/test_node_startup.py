@@ -26,7 +26,8 @@ from jetseg_ros.image_conversion import rgb_to_compressed
 
 # name -> (parameters, words the one error line must contain)
 BAD_STARTS = {
-    'unknown_profile': ({'profile': 'huge'}, ["parameter 'profile' cannot be 'huge'", 'nano, agx, workstation']),
+    'unknown_profile': ({'profile': 'huge'},
+                        ["parameter 'profile' cannot be 'huge'", 'nano, agx, workstation']),
     'missing_checkpoint': ({'checkpoint': '/nonexistent/model.safetensors'},
                            ['cannot load checkpoint', '/nonexistent/model.safetensors']),
     'corrupt_checkpoint': ({'checkpoint': '{corrupt}'}, ['cannot load checkpoint', 'corrupt.safetensors']),

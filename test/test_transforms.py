@@ -16,7 +16,8 @@ def _blocky_pair(h: int = 96, w: int = 128, block: int = 16, seed: int = 0):
     rng = np.random.default_rng(seed)
     grid = rng.integers(0, 11, (h // block + 1, w // block + 1))
     labels = np.kron(grid, np.ones((block, block), int))[:h, :w].astype(np.uint8)
-    rgb = np.stack([labels * 20, np.full_like(labels, 100), np.full_like(labels, 50)], axis=2).astype(np.uint8)
+    rgb = np.stack([labels * 20, np.full_like(labels, 100), np.full_like(labels, 50)],
+                   axis=2).astype(np.uint8)
     return rgb, labels
 
 
@@ -71,7 +72,8 @@ def test_horizontal_flip_happens_for_some_seeds_only():
     rgb, labels = _blocky_pair(64, 64)
     flipped, kept = 0, 0
     for seed in range(12):
-        t = TrainTransform((64, 64), scale=(1.0, 1.0), jitter=False, generator=torch.Generator().manual_seed(seed))
+        t = TrainTransform((64, 64), scale=(1.0, 1.0), jitter=False,
+                           generator=torch.Generator().manual_seed(seed))
         _, target = t(rgb, labels)
         if torch.equal(target, torch.from_numpy(labels).long()):
             kept += 1

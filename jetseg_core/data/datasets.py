@@ -44,7 +44,8 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.ppm')
 # many public ports). Void has no class: it becomes ignore (255).
 CAMVID32_TO_11: dict[str, str] = {
     'Sky': 'Sky',
-    'Building': 'Building', 'Archway': 'Building', 'Bridge': 'Building', 'Tunnel': 'Building', 'Wall': 'Building',
+    'Building': 'Building', 'Archway': 'Building', 'Bridge': 'Building', 'Tunnel': 'Building',
+    'Wall': 'Building',
     'Column_Pole': 'Pole', 'TrafficCone': 'Pole',
     'Road': 'Road', 'LaneMkgsDriv': 'Road', 'LaneMkgsNonDriv': 'Road',
     'Sidewalk': 'Pavement', 'ParkingBlock': 'Pavement', 'RoadShoulder': 'Pavement',
@@ -52,7 +53,8 @@ CAMVID32_TO_11: dict[str, str] = {
     'SignSymbol': 'SignSymbol', 'Misc_Text': 'SignSymbol', 'TrafficLight': 'SignSymbol',
     'Fence': 'Fence',
     'Car': 'Car', 'SUVPickupTruck': 'Car', 'Truck_Bus': 'Car', 'Train': 'Car', 'OtherMoving': 'Car',
-    'Pedestrian': 'Pedestrian', 'Child': 'Pedestrian', 'CartLuggagePram': 'Pedestrian', 'Animal': 'Pedestrian',
+    'Pedestrian': 'Pedestrian', 'Child': 'Pedestrian', 'CartLuggagePram': 'Pedestrian',
+    'Animal': 'Pedestrian',
     'Bicyclist': 'Bicyclist', 'MotorcycleScooter': 'Bicyclist',
 }
 
@@ -112,8 +114,10 @@ def _read_ids(path: Path) -> np.ndarray:
     image = _open(path)
     if image.mode in ('RGB', 'RGBA'):
         array = np.asarray(image)
-        if not (np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2])):
-            raise DatasetError(f'{path}: expected a single-channel label image of class ids, got colour {image.mode}')
+        if not (np.array_equal(array[..., 0], array[..., 1])
+                and np.array_equal(array[..., 0], array[..., 2])):
+            raise DatasetError(
+                f'{path}: expected a single-channel label image of class ids, got colour {image.mode}')
         return array[..., 0].astype(np.int32)
     return np.asarray(image).astype(np.int32)
 
@@ -127,7 +131,8 @@ def _id_table(mapping: dict[int, int]) -> np.ndarray:
 
 def _map_ids(ids: np.ndarray, table: np.ndarray, path: Path) -> np.ndarray:
     if ids.min() < 0 or ids.max() >= len(table):
-        raise DatasetError(f'{path}: label value {int(ids.min() if ids.min() < 0 else ids.max())} out of range')
+        raise DatasetError(
+            f'{path}: label value {int(ids.min() if ids.min() < 0 else ids.max())} out of range')
     out = table[ids]
     bad = out == _INVALID
     if bad.any():
@@ -186,7 +191,8 @@ class SegmentationFiles(torch.utils.data.Dataset):
 
     def __init__(self, name: str, pairs: list[tuple[Path, Path]], palette: Palette,
                  decode: Callable[[Path], np.ndarray], transform: Callable | None = None):
-        self.name, self.pairs, self.palette, self.decode, self.transform = name, pairs, palette, decode, transform
+        self.name, self.pairs, self.palette = name, pairs, palette
+        self.decode, self.transform = decode, transform
         self.class_names = palette.class_names
         self.num_classes = palette.num_classes
 
@@ -250,12 +256,13 @@ def _camvid32(root: Path, split: str, transform: Callable | None, to11: bool, se
         unknown = [n for n in table.class_names if n != 'Void' and n not in CAMVID32_TO_11]
         if unknown:
             raise DatasetError(f'{colours_file}: no 11-class mapping for {unknown}')
-        ids = [CAMVID11.index(CAMVID32_TO_11[n]) if n in CAMVID32_TO_11 else IGNORE_INDEX for n in table.class_names]
+        ids = [CAMVID11.index(CAMVID32_TO_11[n]) if n in CAMVID32_TO_11 else IGNORE_INDEX
+               for n in table.class_names]
         palette = CAMVID11
     else:
         ids = [IGNORE_INDEX if n == 'Void' else i for i, n in enumerate(table.class_names)]
         palette = table
-    colour_to_id = {_colour_code(c): i for c, i in zip(table.colors.tolist(), ids)}
+    colour_to_id = {_colour_code(c): i for c, i in zip(table.colors.tolist(), ids, strict=True)}
     images = _images_in(root / '701_StillsRaw_full')
     by_stem = {p.stem: p for p in images}
     if split == 'all':
@@ -295,8 +302,8 @@ def _folder(root: Path, split: str, transform: Callable | None, palette: Palette
     images = _images_in(base / 'images')
     if base == root and split != 'all':
         if split not in ('train', 'val'):
-            raise ValueError(f'folder split must be all, train or val (or a sub-folder {root}/<split>/images), '
-                             f'got {split!r}')
+            raise ValueError(f'folder split must be all, train or val '
+                             f'(or a sub-folder {root}/<split>/images), got {split!r}')
         order = np.random.default_rng(seed).permutation(len(images))
         n_val = max(1, round(len(images) * val_fraction)) if len(images) > 1 else 0
         keep = order[:n_val] if split == 'val' else order[n_val:]
@@ -347,7 +354,8 @@ def build_dataset(name: str, root: str | Path | None, split: str, transform: Cal
                    float(options.get('val_fraction', 0.15)))
 
 
-def pixel_counts(dataset: torch.utils.data.Dataset, num_classes: int, max_items: int | None = None) -> np.ndarray:
+def pixel_counts(dataset: torch.utils.data.Dataset, num_classes: int,
+                 max_items: int | None = None) -> np.ndarray:
     """Labelled pixels per class over a dataset (ignore and out-of-range ids skipped), for JetLoss weights.
 
     Uses the dataset's raw labels (``load_labels``) when it has them, so no transform is applied.

@@ -81,8 +81,12 @@ class _Canvas:
         fine += coarse * 0.8
         self.texture = fine  # shared grain (about zero mean, unit spread), sliced by every layer
 
-    def fill(self, mask: np.ndarray, colour, cls: int | None, grain: float = 0.05, box: Box | None = None) -> None:
-        """Paint `colour` (3 scalars or 3 arrays broadcastable to the box) with grain; label the pixels `cls`."""
+    def fill(self, mask: np.ndarray, colour, cls: int | None, grain: float = 0.05,
+             box: Box | None = None) -> None:
+        """Paint `colour` (3 scalars or 3 arrays broadcastable to the box) with grain.
+
+        The painted pixels are labelled `cls`.
+        """
         y0, y1, x0, x1 = box or self.full
         shade = self.texture[y0:y1, x0:x1] * np.float32(grain)
         shade += 1.0
@@ -351,7 +355,8 @@ def _shadows(canvas: _Canvas, gx: np.ndarray, gz: np.ndarray, row0: int, street:
     """Darken the ground under buildings' cast shadows and under objects (image only, labels keep)."""
     factor = np.ones(gx.shape, np.float32)
     if rng.random() < 0.6:
-        edge = street.road_left + rng.uniform(-1, 8) if sun_side > 0 else street.road_right - rng.uniform(-1, 8)
+        edge = (street.road_left + rng.uniform(-1, 8) if sun_side > 0
+                else street.road_right - rng.uniform(-1, 8))
         slope = rng.uniform(-0.08, 0.08)
         line = edge + slope * gz
         in_shadow = gx < line if sun_side > 0 else gx > line
@@ -394,13 +399,13 @@ def _draw_object(canvas: _Canvas, cam: _Camera, parts: list[_Part]) -> None:
         elif part.kind == 'line':
             u, v = cam.project(part.pts[:, 0], part.pts[:, 1], part.pts[:, 2])
             lw = max(1, round(part.width * cam.f / float(part.pts[:, 2].mean())))
-            shapes.append(('line', [*zip(u.tolist(), v.tolist())], lw))
+            shapes.append(('line', [*zip(u.tolist(), v.tolist(), strict=True)], lw))
         else:
             u, v = cam.project(part.pts[:, 0], part.pts[:, 1], part.pts[:, 2])
             if u.max() - u.min() < 1.0:  # keep thin things (poles) at least one pixel wide
                 mid = 0.5 * (u.max() + u.min())
                 u = np.where(u <= mid, mid - 0.5, mid + 0.5)
-            shapes.append(('poly', [*zip(u.tolist(), v.tolist())]))
+            shapes.append(('poly', [*zip(u.tolist(), v.tolist(), strict=True)]))
     xs = [c for s in shapes for c in (s[1][0::2] if s[0] == 'ellipse' else [p[0] for p in s[1]])]
     ys = [c for s in shapes for c in (s[1][1::2] if s[0] == 'ellipse' else [p[1] for p in s[1]])]
     pad = 2 + max((s[2] for s in shapes if s[0] == 'line'), default=0)
@@ -410,7 +415,7 @@ def _draw_object(canvas: _Canvas, cam: _Camera, parts: list[_Part]) -> None:
         return
     local = Image.new('L', (x1 - x0, y1 - y0), 0)
     draw = ImageDraw.Draw(local)
-    for i, (shape, part) in enumerate(zip(shapes, parts), start=1):
+    for i, (shape, part) in enumerate(zip(shapes, parts, strict=True), start=1):
         value = i if part.cls >= 0 else 0  # cls -1 marks a hole cut into earlier parts
         if shape[0] == 'ellipse':
             a, b, c, d = shape[1]
@@ -442,12 +447,13 @@ def _car(x: float, z: float, rng: np.random.Generator, facing_away: bool) -> lis
     body_top = hgt * (0.55 if kind < 2 else 0.95)
     if sx is not None:
         far = z + length / 2
-        side = np.array([[sx, 0.2, near], [sx, 0.2, far], [sx, body_top, far], [sx, body_top, near]], np.float32)
+        side = np.array([[sx, 0.2, near], [sx, 0.2, far], [sx, body_top, far], [sx, body_top, near]],
+                        np.float32)
         parts.append(_Part('poly', side, colour * 0.75, CAR))
         if kind < 2:
             roof = np.array([[sx, body_top, near + 0.9], [sx, body_top, far - 0.6],
-                             [sx - np.sign(sx) * 0.2, hgt, far - 1.2], [sx - np.sign(sx) * 0.2, hgt, near + 1.5]],
-                            np.float32)
+                             [sx - np.sign(sx) * 0.2, hgt, far - 1.2],
+                             [sx - np.sign(sx) * 0.2, hgt, near + 1.5]], np.float32)
             parts.append(_Part('poly', roof, glass * 0.9, CAR))
         for wz in (near + 0.8, far - 0.8):
             parts.append(_Part('ellipse', np.array([[sx, 0.33, wz], [0.05, 0.33, 0]], np.float32), dark, CAR))
@@ -459,17 +465,18 @@ def _car(x: float, z: float, rng: np.random.Generator, facing_away: bool) -> lis
         cab = np.array([[x - 0.47 * w, body_top, near + 0.3], [x + 0.47 * w, body_top, near + 0.3],
                         [x + 0.38 * w, hgt, near + 0.8], [x - 0.38 * w, hgt, near + 0.8]], np.float32)
         parts.append(_Part('poly', cab, colour * 0.95, CAR))
-        win = np.array([[x - 0.42 * w, body_top + 0.06, near + 0.35], [x + 0.42 * w, body_top + 0.06, near + 0.35],
-                        [x + 0.35 * w, hgt - 0.08, near + 0.75], [x - 0.35 * w, hgt - 0.08, near + 0.75]],
-                       np.float32)
+        win = np.array([[x - 0.42 * w, body_top + 0.06, near + 0.35],
+                        [x + 0.42 * w, body_top + 0.06, near + 0.35],
+                        [x + 0.35 * w, hgt - 0.08, near + 0.75],
+                        [x - 0.35 * w, hgt - 0.08, near + 0.75]], np.float32)
         parts.append(_Part('poly', win, glass, CAR, grain=0.15))
     else:
         parts.append(_Part('poly', _rect(x - 0.45 * w, hgt * 0.6, x + 0.45 * w, hgt * 0.9, near), glass, CAR))
     lamp = np.array([200, 20, 20] if facing_away else [235, 235, 220], np.float32)
     for lx in (x - w / 2 + 0.08, x + w / 2 - 0.33):
         parts.append(_Part('poly', _rect(lx, body_top - 0.25, lx + 0.25, body_top - 0.1, near), lamp, CAR))
-    parts.append(_Part('poly', _rect(x - 0.25, 0.35, x + 0.25, 0.47, near), np.array([225, 225, 215], np.float32),
-                       CAR))
+    parts.append(_Part('poly', _rect(x - 0.25, 0.35, x + 0.25, 0.47, near),
+                       np.array([225, 225, 215], np.float32), CAR))
     parts.append(_Part('poly', _rect(x - w / 2, 0.18, x + w / 2, 0.3, near), dark * 1.5, CAR))
     return parts
 
@@ -499,8 +506,8 @@ def _person(x: float, z: float, rng: np.random.Generator, cls: int = PEDESTRIAN,
                                   np.float32), skin, cls),
     ]
     if rng.random() < 0.6:  # hair / hat
-        parts.append(_Part('ellipse', np.array([[x, shoulder + 0.15 * hgt, z], [0.095 * hgt / 1.7,
-                                                                                0.07 * hgt / 1.7, 0]], np.float32),
+        parts.append(_Part('ellipse', np.array([[x, shoulder + 0.15 * hgt, z],
+                                                [0.095 * hgt / 1.7, 0.07 * hgt / 1.7, 0]], np.float32),
                            _CLOTHES[rng.integers(len(_CLOTHES))] * 0.6, cls))
     return parts
 
@@ -515,21 +522,25 @@ def _cyclist(x: float, z: float, rng: np.random.Generator) -> list[_Part]:
         parts.append(_Part('ellipse', np.array([[wx, r, z], [r, r, 0]], np.float32), tyre, BICYCLIST))
         parts.append(_Part('ellipse', np.array([[wx, r, z], [r - 0.06, r - 0.06, 0]], np.float32), None, -1))
     bars = [((x - gap, r), (x, r)), ((x, r), (x - 0.1 * d, 0.85)), ((x - gap, r), (x - 0.1 * d, 0.85)),
-            ((x, r), (x + 0.4 * d, 0.85)), ((x + gap, r), (x + 0.45 * d, 0.95)), ((x - 0.1 * d, 0.85), (x + 0.4 * d, 0.85))]
+            ((x, r), (x + 0.4 * d, 0.85)), ((x + gap, r), (x + 0.45 * d, 0.95)),
+            ((x - 0.1 * d, 0.85), (x + 0.4 * d, 0.85))]
     for (ax, ay), (bx, by) in bars:
-        parts.append(_Part('line', np.array([[ax, ay, z], [bx, by, z]], np.float32), frame, BICYCLIST, width=0.04))
+        parts.append(_Part('line', np.array([[ax, ay, z], [bx, by, z]], np.float32), frame, BICYCLIST,
+                           width=0.04))
     shirt = _CLOTHES[rng.integers(len(_CLOTHES))]
     legs = _CLOTHES[rng.integers(len(_CLOTHES))]
     skin = _SKIN[rng.integers(len(_SKIN))]
-    parts.append(_Part('line', np.array([[x - 0.1 * d, 0.9, z], [x + 0.05 * d, 0.55, z], [x, r, z]], np.float32),
-                       legs, BICYCLIST, width=0.12))
-    parts.append(_Part('poly', np.array([[x - 0.2 * d, 0.85, z], [x - 0.02 * d, 0.85, z], [x + 0.25 * d, 1.45, z],
-                                         [x + 0.05 * d, 1.5, z]], np.float32), shirt, BICYCLIST))
-    parts.append(_Part('line', np.array([[x + 0.15 * d, 1.4, z], [x + 0.42 * d, 0.95, z]], np.float32), shirt * 0.8,
-                       BICYCLIST, width=0.07))
-    parts.append(_Part('ellipse', np.array([[x + 0.2 * d, 1.63, z], [0.1, 0.12, 0]], np.float32), skin, BICYCLIST))
-    parts.append(_Part('ellipse', np.array([[x + 0.18 * d, 1.7, z], [0.12, 0.07, 0]], np.float32), shirt * 0.5,
+    parts.append(_Part('line', np.array([[x - 0.1 * d, 0.9, z], [x + 0.05 * d, 0.55, z], [x, r, z]],
+                                        np.float32), legs, BICYCLIST, width=0.12))
+    parts.append(_Part('poly', np.array([[x - 0.2 * d, 0.85, z], [x - 0.02 * d, 0.85, z],
+                                         [x + 0.25 * d, 1.45, z], [x + 0.05 * d, 1.5, z]], np.float32),
+                       shirt, BICYCLIST))
+    parts.append(_Part('line', np.array([[x + 0.15 * d, 1.4, z], [x + 0.42 * d, 0.95, z]], np.float32),
+                       shirt * 0.8, BICYCLIST, width=0.07))
+    parts.append(_Part('ellipse', np.array([[x + 0.2 * d, 1.63, z], [0.1, 0.12, 0]], np.float32), skin,
                        BICYCLIST))
+    parts.append(_Part('ellipse', np.array([[x + 0.18 * d, 1.7, z], [0.12, 0.07, 0]], np.float32),
+                       shirt * 0.5, BICYCLIST))
     return parts
 
 
@@ -541,9 +552,10 @@ def _pole(x: float, z: float, rng: np.random.Generator, road_side: int) -> list[
     kind = rng.random()
     if kind < 0.5:  # street lamp with an arm over the road
         arm = rng.uniform(1.0, 2.5) * road_side
-        parts.append(_Part('line', np.array([[x, hgt - 0.1, z], [x + arm, hgt + 0.3, z]], np.float32), grey, POLE,
-                           width=0.08))
-        parts.append(_Part('poly', _rect(x + arm - 0.35, hgt + 0.1, x + arm + 0.35, hgt + 0.35, z), grey * 0.8, POLE))
+        parts.append(_Part('line', np.array([[x, hgt - 0.1, z], [x + arm, hgt + 0.3, z]], np.float32), grey,
+                           POLE, width=0.08))
+        parts.append(_Part('poly', _rect(x + arm - 0.35, hgt + 0.1, x + arm + 0.35, hgt + 0.35, z),
+                           grey * 0.8, POLE))
     elif kind < 0.75:  # traffic light head (a sign in CamVid's grouping)
         box = _rect(x - 0.18, hgt * 0.55, x + 0.18, hgt * 0.55 + 0.9, z - 0.01)
         parts.append(_Part('poly', box, np.array([30, 30, 30], np.float32), SIGN))
@@ -551,7 +563,8 @@ def _pole(x: float, z: float, rng: np.random.Generator, road_side: int) -> list[
         for i, c in enumerate(([230, 40, 30], [240, 180, 30], [40, 220, 90])):
             cy = hgt * 0.55 + 0.75 - 0.3 * i
             col = np.array(c, np.float32) * (1.0 if i == lit else 0.35)
-            parts.append(_Part('ellipse', np.array([[x, cy, z - 0.02], [0.1, 0.1, 0]], np.float32), col, SIGN))
+            parts.append(_Part('ellipse', np.array([[x, cy, z - 0.02], [0.1, 0.1, 0]], np.float32), col,
+                               SIGN))
     return parts
 
 
@@ -565,12 +578,13 @@ def _sign(x: float, z: float, rng: np.random.Generator) -> list[_Part]:
     top = hgt + 0.35
     if kind == 0:
         parts.append(_Part('ellipse', np.array([[x, top, z - 0.01], [0.35, 0.35, 0]], np.float32), red, SIGN))
-        parts.append(_Part('ellipse', np.array([[x, top, z - 0.02], [0.25, 0.25, 0]], np.float32), white, SIGN))
+        parts.append(_Part('ellipse', np.array([[x, top, z - 0.02], [0.25, 0.25, 0]], np.float32), white,
+                           SIGN))
     elif kind == 1:
-        tri = np.array([[x - 0.4, top - 0.3, z - 0.01], [x + 0.4, top - 0.3, z - 0.01], [x, top + 0.4, z - 0.01]],
-                       np.float32)
-        inner = np.array([[x - 0.27, top - 0.22, z - 0.02], [x + 0.27, top - 0.22, z - 0.02], [x, top + 0.23, z - 0.02]],
-                         np.float32)
+        tri = np.array([[x - 0.4, top - 0.3, z - 0.01], [x + 0.4, top - 0.3, z - 0.01],
+                        [x, top + 0.4, z - 0.01]], np.float32)
+        inner = np.array([[x - 0.27, top - 0.22, z - 0.02], [x + 0.27, top - 0.22, z - 0.02],
+                          [x, top + 0.23, z - 0.02]], np.float32)
         parts += [_Part('poly', tri, red, SIGN), _Part('poly', inner, white, SIGN)]
     elif kind == 2:
         parts.append(_Part('poly', _rect(x - 0.35, top - 0.35, x + 0.35, top + 0.35, z - 0.01), blue, SIGN))
@@ -578,7 +592,8 @@ def _sign(x: float, z: float, rng: np.random.Generator) -> list[_Part]:
     else:
         parts.append(_Part('poly', _rect(x - 0.6, top - 0.3, x + 0.6, top + 0.3, z - 0.01),
                            yellow if rng.random() < 0.5 else blue, SIGN))
-        parts.append(_Part('poly', _rect(x - 0.5, top - 0.05, x + 0.4, top + 0.05, z - 0.02), white * 0.2, SIGN))
+        parts.append(_Part('poly', _rect(x - 0.5, top - 0.05, x + 0.4, top + 0.05, z - 0.02), white * 0.2,
+                           SIGN))
     return parts
 
 
@@ -721,7 +736,8 @@ class SyntheticScenes(torch.utils.data.Dataset):
                  transform: Callable | None = None):
         if num_scenes < 1:
             raise ValueError(f'num_scenes must be >= 1, got {num_scenes}')
-        self.num_scenes, self.size, self.seed, self.transform = int(num_scenes), tuple(size), int(seed), transform
+        self.num_scenes, self.size = int(num_scenes), tuple(size)
+        self.seed, self.transform = int(seed), transform
 
     def __len__(self) -> int:
         return self.num_scenes

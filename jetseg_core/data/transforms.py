@@ -61,7 +61,8 @@ def resize_pair(image: torch.Tensor, labels: torch.Tensor | None, size: tuple[in
     shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
     image = F.interpolate(image[None], size=size, mode='bilinear', align_corners=False, antialias=shrink)[0]
     if labels is not None:
-        labels = F.interpolate(labels[None, None].float(), size=size, mode='nearest-exact')[0, 0].to(labels.dtype)
+        labels = F.interpolate(labels[None, None].float(), size=size,
+                               mode='nearest-exact')[0, 0].to(labels.dtype)
     return image, labels
 
 
@@ -86,8 +87,9 @@ class TrainTransform:
     """
 
     def __init__(self, size: Sequence[int] | int, scale: tuple[float, float] = (0.5, 2.0), hflip: bool = True,
-                 jitter: bool = True, mean: Sequence[float] = DEFAULT_MEAN, std: Sequence[float] = DEFAULT_STD,
-                 ignore_index: int = IGNORE_INDEX, generator: torch.Generator | None = None,
+                 jitter: bool = True, mean: Sequence[float] = DEFAULT_MEAN,
+                 std: Sequence[float] = DEFAULT_STD, ignore_index: int = IGNORE_INDEX,
+                 generator: torch.Generator | None = None,
                  brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.3, hue: float = 0.05):
         self.size = _size(size)
         if not 0 < scale[0] <= scale[1]:
@@ -156,7 +158,10 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Resize to the network size (bilinear image, nearest labels) and normalise; size None keeps the input size."""
+    """Resize to the network size (bilinear image, nearest labels) and normalise.
+
+    Size None keeps the input size.
+    """
 
     def __init__(self, size: Sequence[int] | int | None, mean: Sequence[float] = DEFAULT_MEAN,
                  std: Sequence[float] = DEFAULT_STD):
