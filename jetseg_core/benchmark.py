@@ -20,42 +20,16 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from jetseg_core.checkpoint import CheckpointError, CheckpointMeta, resolve_checkpoint
+from jetseg_core.cli import OneLineParser, UsageError, parse_size, positive_int_list, usage_error
 from jetseg_core.inference import Segmenter
 
 VARIANTS = ('eager', 'unfolded', 'folded', 'folded-cl')
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line on stderr, exit code 2
-        self.exit(2, f'{self.prog}: error: {message}\n')
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'360x480' -> (360, 480): height x width."""
-    try:
-        h, w = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HEIGHTxWIDTH like 360x480, got '{text}'") from None
-    if h < 64 or w < 64:
-        raise argparse.ArgumentTypeError(f'size must be at least 64x64, got {text}')
-    return h, w
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(',') if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got '{text}'")
-    return values
 
 
 def _variant_list(text: str) -> list[str]:
@@ -189,14 +163,15 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog='jetseg-benchmark', description=__doc__,
+    parser = OneLineParser(prog='jetseg-benchmark', description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--profile', default='nano', help='nano, agx or workstation (default nano)')
     parser.add_argument('--size', type=parse_size, default=(360, 480),
                         help='network input HEIGHTxWIDTH for untrained weights (default 360x480)')
     parser.add_argument('--frame-size', type=parse_size, default=None,
                         help='camera frame HEIGHTxWIDTH fed in (default: the network size)')
-    parser.add_argument('--threads', type=_int_list, default=[1, 2], help='thread counts, e.g. 1,2 (default)')
+    parser.add_argument('--threads', type=positive_int_list, default=[1, 2],
+                        help='thread counts, e.g. 1,2 (default)')
     parser.add_argument('--iterations', type=int, default=30, help='timed frames per variant (default 30)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames per variant first (default 3)')
     parser.add_argument('--variants', type=_variant_list, default=list(VARIANTS),
@@ -206,17 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda', 'auto'))
     parser.add_argument('--tune-malloc', action='store_true',
                         help='glibc mallopt: keep freed buffers instead of unmapping them every frame')
-    args = parser.parse_args(argv)
-    if args.iterations < 1 or args.warmup < 0:
-        parser.error('--iterations must be >= 1 and --warmup >= 0')
+    try:
+        args = parser.parse_args(argv)
+        if args.iterations < 1 or args.warmup < 0:
+            parser.error('--iterations must be >= 1 and --warmup >= 0')
+    except UsageError as exc:
+        return usage_error(parser.prog, exc)
     if args.tune_malloc and not tune_malloc():
         print('jetseg-benchmark: note: mallopt unavailable, --tune-malloc ignored', file=sys.stderr)
     try:
         run_benchmark(args.profile, args.size, args.frame_size, args.threads, args.iterations,
                       args.warmup, args.variants, args.checkpoint, args.device)
     except (CheckpointError, ValueError) as exc:
-        print(f'jetseg-benchmark: error: {exc}', file=sys.stderr)
-        return 2
+        return usage_error(parser.prog, exc)
     return 0
 
 

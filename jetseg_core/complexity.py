@@ -11,8 +11,6 @@ model itself and are never duplicated here. Conventions:
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -170,48 +168,26 @@ def count_complexity(model: nn.Module, input_size: tuple[int, int] = (512, 512),
     return report
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """'512x512' or '360x480' (H x W) -> (H, W); sides must be >= 64."""
-    from .profiles import MIN_INPUT_SIDE
-
-    parts = text.lower().split('x')
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f'size must look like HxW (e.g. 512x512), got {text!r}')
-    h, w = (int(p) for p in parts)
-    if h < MIN_INPUT_SIDE or w < MIN_INPUT_SIDE:
-        raise ValueError(f'size must be at least {MIN_INPUT_SIDE}x{MIN_INPUT_SIDE}, got {h}x{w}')
-    return h, w
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # turned into one line on stderr and exit code 2 by main()
-        raise _UsageError(message)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: print the per-stage complexity table of a JetSeg profile."""
+    from .cli import OneLineParser, UsageError, parse_size, usage_error
     from .model import build_model
     from .profiles import PROFILES
 
-    parser = _ArgumentParser(prog='jetseg-complexity', description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog='jetseg-complexity', description=__doc__.splitlines()[0])
     parser.add_argument('--profile', default='nano', help=f'one of {", ".join(PROFILES)}')
-    parser.add_argument('--size', default='512x512', help='input H x W, e.g. 360x480 (default 512x512)')
+    parser.add_argument('--size', type=parse_size, default=(512, 512),
+                        help='input H x W, e.g. 360x480 (default 512x512)')
     parser.add_argument('--classes', type=int, default=11, help='number of classes (2..255, default 11)')
     parser.add_argument('--decoder-stride', type=int, choices=(2, 4), default=None,
                         help='override the decoder resolution (2 = like the authors, 4 = RegSeg, default)')
     try:
         args = parser.parse_args(argv)
-        size = parse_size(args.size)
         overrides = {} if args.decoder_stride is None else {'decoder_stride': args.decoder_stride}
         model = build_model(args.profile, args.classes, **overrides)
-    except (_UsageError, ValueError) as exc:
-        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
-        return 2
-    report = count_complexity(model, size)
+    except (UsageError, ValueError) as exc:
+        return usage_error(parser.prog, exc)
+    report = count_complexity(model, args.size)
     title = f'JetSeg {args.profile}, {args.classes} classes, decoder stride {model.settings.decoder_stride}'
     print(report.format_table(title))
     return 0

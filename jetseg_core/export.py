@@ -14,12 +14,11 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import NoReturn
 
 import torch
 
-from jetseg_core.benchmark import parse_size
 from jetseg_core.checkpoint import CheckpointError, CheckpointMeta, resolve_checkpoint
+from jetseg_core.cli import OneLineParser, UsageError, parse_size, usage_error
 from jetseg_core.fuse import fold_batchnorm
 
 FORMATS = {'.pt': 'TorchScript', '.pt2': 'torch.export', '.onnx': 'ONNX'}
@@ -91,13 +90,8 @@ def _export_onnx(net: torch.nn.Module, example: torch.Tensor, output: Path, meta
     return output, True
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line on stderr, exit code 2
-        self.exit(2, f'{self.prog}: error: {message}\n')
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog='python -m jetseg_core.export', description=__doc__,
+    parser = OneLineParser(prog='python -m jetseg_core.export', description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--checkpoint', required=True,
                         help="checkpoint file, '' for the shipped weights or 'untrained'")
@@ -106,15 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--size', type=parse_size, default=None,
                         help='HEIGHTxWIDTH to trace at (default: the checkpoint input size)')
     parser.add_argument('--no-fold', action='store_true', help='keep BatchNorm layers separate')
-    args = parser.parse_args(argv)
-    if Path(args.output).suffix.lower() not in FORMATS:
-        parser.error(f"--output must end in {', '.join(FORMATS)}, got '{args.output}'")
     try:
+        args = parser.parse_args(argv)
+        if Path(args.output).suffix.lower() not in FORMATS:
+            parser.error(f"--output must end in {', '.join(FORMATS)}, got '{args.output}'")
         model, meta = resolve_checkpoint(args.checkpoint, args.profile)
         path, checked = export_model(model, meta, args.output, args.size, fold_bn=not args.no_fold)
-    except (CheckpointError, ExportError, ValueError) as exc:
-        print(f'{parser.prog}: error: {exc}', file=sys.stderr)
-        return 2
+    except (UsageError, CheckpointError, ExportError, ValueError) as exc:
+        return usage_error(parser.prog, exc)
     h, w = args.size or meta.input_size
     print(f'{path}: {FORMATS[path.suffix.lower()]}, {meta.profile}, {meta.num_classes} classes, '
           f'input 1x3x{h}x{w} normalised (mean {list(meta.mean)}, std {list(meta.std)}), '
