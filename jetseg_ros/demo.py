@@ -179,6 +179,8 @@ class LatencyLog:
     overhead: list[float] = field(default_factory=list)
     preprocess: list[float] = field(default_factory=list)
     postprocess: list[float] = field(default_factory=list)
+    transport: list[float] = field(default_factory=list)  # image stamp -> the node received it
+    waiting: list[float] = field(default_factory=list)  # received -> the worker took it (newest-frame slot)
     arrivals: list[float] = field(default_factory=list)
     last: Any = None
 
@@ -188,6 +190,9 @@ class LatencyLog:
         self.overhead.append(float(msg.total_ms - msg.inference_ms))
         self.preprocess.append(float(msg.preprocess_ms))
         self.postprocess.append(float(msg.postprocess_ms))
+        self.transport.append(float(msg.age_at_receipt_ms))
+        self.waiting.append(float(msg.total_ms - msg.age_at_receipt_ms - msg.preprocess_ms
+                                  - msg.inference_ms - msg.postprocess_ms))
         self.arrivals.append(time.monotonic())
         self.last = msg
 

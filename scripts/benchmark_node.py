@@ -4,7 +4,9 @@
 Publishes synthetic 640x480 frames at 30 Hz into the node (nano profile, config/nano.yaml) for a
 while and reports end-to-end latency, inference time, node overhead (end-to-end minus inference;
 target <= 3 ms or <= 10 %), output rate, drops, and the node's resident memory sampled every few
-seconds (start / end / max / growth). Not a test: it takes minutes and its figures depend on the
+seconds (start / end / max / growth). The overhead is split into transport (DDS delivery of the
+image into the node), waiting (for the worker to finish the previous frame: up to one frame
+interval when inference is slower than the camera), preprocess and postprocess. Not a test: it takes minutes and its figures depend on the
 machine.
 
     python scripts/benchmark_node.py --seconds 60 --checkpoint untrained
@@ -149,6 +151,8 @@ def measure(args: argparse.Namespace) -> dict:
             'node_overhead_ms': percentiles(lat.overhead[skip:n]),
             'preprocess_ms': percentiles(lat.preprocess[skip:n]),
             'postprocess_ms': percentiles(lat.postprocess[skip:n]),
+            'transport_ms': percentiles(lat.transport[skip:n]),
+            'waiting_ms': percentiles(lat.waiting[skip:n]),
             'output_rate_hz': rate, 'frames_in': frames_in,
             'input_frames_expected': round(args.seconds * args.rate),
             'frames_dropped': int(last.frames_dropped - first_dropped),
@@ -170,7 +174,8 @@ def print_table(r: dict) -> None:
     print(f"{'':22s}{'p50':>9s}{'p95':>9s}{'mean':>9s}{'max':>9s}")
     for key, label in (('end_to_end_ms', 'end-to-end (ms)'), ('inference_ms', 'inference (ms)'),
                        ('node_overhead_ms', 'node overhead (ms)'), ('preprocess_ms', '  preprocess (ms)'),
-                       ('postprocess_ms', '  postprocess (ms)')):
+                       ('postprocess_ms', '  postprocess (ms)'), ('transport_ms', '  transport (ms)'),
+                       ('waiting_ms', '  waiting (ms)')):
         s = r[key]
         print(f"{label:22s}{s['p50']:9.2f}{s['p95']:9.2f}{s['mean']:9.2f}{s['max']:9.2f}")
     print(f"output rate           {r['output_rate_hz']:.2f} Hz")
