@@ -6,8 +6,8 @@ while and reports end-to-end latency, inference time, node overhead (end-to-end 
 target <= 3 ms or <= 10 %), output rate, drops, and the node's resident memory sampled every few
 seconds (start / end / max / growth). The overhead is split into transport (DDS delivery of the
 image into the node), waiting (for the worker to finish the previous frame: up to one frame
-interval when inference is slower than the camera), preprocess and postprocess. Not a test: it takes minutes and its figures depend on the
-machine.
+interval when inference is slower than the camera), preprocess and postprocess. Not a test: it
+takes minutes and its figures depend on the machine.
 
     python scripts/benchmark_node.py --seconds 60 --checkpoint untrained
 """
