@@ -16,16 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .train import (
-    DATASETS,
-    SYNTHETIC_VAL_SEED_OFFSET,
-    Dist,
-    OneLineParser,
-    UsageError,
-    parse_size,
-    positive_int,
-    select_device,
-)
+from .cli import OneLineParser, UsageError, parse_size, positive_int
+from .train import DATASETS, SYNTHETIC_VAL_SEED_OFFSET, Dist, select_device
 
 
 def build_parser() -> OneLineParser:

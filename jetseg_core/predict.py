@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .train import OneLineParser, UsageError, positive_int
+from .cli import OneLineParser, UsageError, positive_int
 
 IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm'}
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg'}

@@ -19,11 +19,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from jetseg_core.cli import OneLineParser, UsageError, non_negative_float, parse_size, positive_int
 
 DATASETS = ('camvid', 'camvid32', 'camvid32to11', 'cityscapes', 'folder', 'synthetic')
 LOSSES = ('jetloss', 'ce', 'jetloss+ce')
@@ -37,28 +39,6 @@ CSV_FIELDS = ('epoch', 'train_loss', 'val_miou', 'val_pixel_accuracy', 'lr', 'im
 SYNTHETIC_VAL_SEED_OFFSET = 1_000_000
 
 
-class UsageError(Exception):
-    """Bad user input: reported as one line on stderr with exit code 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are a single line (no usage dump) and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """Parse 'HxW' (e.g. 240x320) into (H, W); the network needs both sides >= 64."""
-    try:
-        h, w = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'size must look like HxW (e.g. 240x320), got {text!r}') from None
-    if h < 64 or w < 64:
-        raise argparse.ArgumentTypeError(f'size {text}: height and width must be at least 64')
-    return h, w
-
-
 def parse_scale(text: str) -> tuple[float, float]:
     """Parse 'LO,HI' (e.g. 0.5,2.0): the random rescale range of the training augmentation."""
     try:
@@ -68,26 +48,6 @@ def parse_scale(text: str) -> tuple[float, float]:
     if not 0 < lo <= hi <= 8:
         raise argparse.ArgumentTypeError(f'scale {text}: need 0 < LO <= HI <= 8')
     return lo, hi
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f'expected a non-negative number, got {text!r}')
-    return value
 
 
 def build_parser() -> OneLineParser:
