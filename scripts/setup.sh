@@ -11,8 +11,23 @@ PY="$VENV/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 log() { printf '[setup %3ss] %s\n' "$SECONDS" "$*" >&2; }
 
+PYTHON="$(command -v python3.11 || command -v python3)"
+# Debian's own Python lacks venv, its headers and a compiler (rosidl compiles our messages).
+need_debs() {
+  ! command -v cc >/dev/null || ! command -v c++ >/dev/null ||
+    [ ! -f "$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] ||
+    ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null
+}
+if need_debs; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "apt: build-essential python3-dev python3-venv"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq build-essential python3-dev python3-venv >/dev/null
+  else
+    log "ERROR: need a C/C++ compiler, Python headers and venv: sudo apt-get install build-essential python3-dev python3-venv"
+    exit 1
+  fi
+fi
 if [ ! -x "$PY" ]; then
-  PYTHON="$(command -v python3.11 || command -v python3)"
   log "creating $VENV with $PYTHON"
   "$PYTHON" -m venv "$VENV"
 fi
