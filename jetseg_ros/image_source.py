@@ -25,6 +25,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from jetseg_core.predict import IMAGE_SUFFIXES, read_image
 from jetseg_ros.image_conversion import (
     SUPPORTED_ENCODINGS,
     compressed_to_rgb,
@@ -33,7 +34,6 @@ from jetseg_ros.image_conversion import (
 )
 
 SOURCES = ('synthetic', 'video', 'folder', 'rosbag')
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 SYNTHETIC_DEFAULT_SIZE = (480, 640)  # (H, W)
 HORIZONTAL_FOV_DEG = 70.0  # a typical automotive / robot camera
 
@@ -124,18 +124,17 @@ class FolderReader:
             raise SourceError(f'{path}: not a folder (source:=folder needs a folder of images)')
         self._files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self._files:
-            raise SourceError(f'{path}: no images in this folder (looked for {", ".join(IMAGE_SUFFIXES)})')
+            suffixes = ', '.join(sorted(IMAGE_SUFFIXES))
+            raise SourceError(f'{path}: no images in this folder (looked for {suffixes})')
         self._index = 0
         self._load(self._files[0])  # fail now, with the file name, rather than mid-stream
 
     @staticmethod
     def _load(file: Path) -> np.ndarray:
-        from PIL import Image as PILImage
         try:
-            with PILImage.open(file) as img:
-                return np.asarray(img.convert('RGB'))
-        except (OSError, ValueError) as err:
-            raise SourceError(f'{file}: cannot read this image ({err})') from None
+            return read_image(file)
+        except ValueError as err:
+            raise SourceError(str(err)) from None
 
     def read(self) -> np.ndarray | None:
         if self._index >= len(self._files):
