@@ -14,6 +14,7 @@ or ``python -m jetseg_ros.segmentation_node --ros-args -p profile:=nano``.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -590,10 +591,11 @@ class SegmentationNode(Node):
         self._diag_pub.publish(array)
 
     # ------------------------------------------------------------------ shutdown
-    def close(self) -> None:
-        """Stop the worker (it finishes the frame in hand, if any, within a few seconds)."""
+    def close(self) -> bool:
+        """Stop the worker; False if it is still inside a frame after a few seconds."""
         self._slot.close()
-        self._worker.join(timeout=5.0)
+        self._worker.join(timeout=3.0)
+        return not self._worker.is_alive()
 
 
 def main(args: list[str] | None = None) -> None:
@@ -616,7 +618,12 @@ def main(args: list[str] | None = None) -> None:
         pass
     finally:
         if node is not None:
-            node.close()
+            if not node.close():
+                # Destroying the node under a worker that is still publishing can deadlock in rcl
+                # (seen once under launch on a loaded machine): leave without tearing down.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(exit_code)
             node.destroy_node()
         rclpy.try_shutdown()
     if exit_code:
