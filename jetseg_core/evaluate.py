@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cli import OneLineParser, UsageError, parse_size, positive_int
+from .cli import OneLineParser, UsageError, parse_size, positive_int, usage_error
 from .train import DATASETS, SYNTHETIC_VAL_SEED_OFFSET, Dist, select_device
 
 
@@ -180,8 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f'json: {args.json}')
         return 0
     except UsageError as exc:
-        print(f'jetseg-eval: error: {exc}', file=sys.stderr)
-        return 2
+        return usage_error('jetseg-eval', exc)
     except KeyboardInterrupt:
         print('jetseg-eval: interrupted', file=sys.stderr)
         return 130

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import OneLineParser, UsageError, positive_int
+from .cli import OneLineParser, UsageError, positive_int, usage_error
 
 IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm'}
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg'}
@@ -229,8 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     except UsageError as exc:
-        print(f'jetseg-predict: error: {exc}', file=sys.stderr)
-        return 2
+        return usage_error('jetseg-predict', exc)
     except KeyboardInterrupt:
         print('jetseg-predict: interrupted', file=sys.stderr)
         return 130

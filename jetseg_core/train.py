@@ -25,7 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from jetseg_core.cli import OneLineParser, UsageError, non_negative_float, parse_size, positive_int
+from jetseg_core.cli import (
+    OneLineParser,
+    UsageError,
+    non_negative_float,
+    parse_size,
+    positive_int,
+    usage_error,
+)
 
 DATASETS = ('camvid', 'camvid32', 'camvid32to11', 'cityscapes', 'folder', 'synthetic')
 LOSSES = ('jetloss', 'ce', 'jetloss+ce')
@@ -643,9 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.distributed.init_process_group(backend=backend)
         return train(args, dist)
     except UsageError as exc:
-        if dist.is_main:
-            print(f'jetseg-train: error: {exc}', file=sys.stderr)
-        return 2
+        return usage_error('jetseg-train', exc) if dist.is_main else 2
     except KeyboardInterrupt:
         if dist.is_main:
             print('jetseg-train: interrupted before a checkpoint could be saved', file=sys.stderr)
