@@ -7,9 +7,11 @@ uint8 frame: preprocessing, network, argmax and resize back to the frame size.
 
 Variants:
   eager      the loop one would write first: no_grad, BN unfolded, NCHW, argmax
-  unfolded   Segmenter without BN folding (isolates what folding gains)
-  folded     Segmenter as the node runs it (BN folded)
-  folded-cl  folded + channels_last memory format
+  unfolded   Segmenter in eager PyTorch, nothing rewritten (isolates the Segmenter's own gains)
+  folded     + BN folded
+  rewritten  + channels_last and jetseg_core.fuse.rewrite_for_cpu (dense 1x1 convs, no channel
+             shuffles, no width-dilated depthwise convs)
+  graph      + run as a frozen TorchScript graph: the Segmenter's CPU defaults, what the node runs
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from jetseg_core.checkpoint import CheckpointError, CheckpointMeta, resolve_chec
 from jetseg_core.cli import OneLineParser, UsageError, parse_size, positive_int_list, usage_error
 from jetseg_core.inference import Segmenter
 
-VARIANTS = ('eager', 'unfolded', 'folded', 'folded-cl')
+VARIANTS = ('eager', 'unfolded', 'folded', 'rewritten', 'graph')
 
 
 def _variant_list(text: str) -> list[str]:
@@ -101,9 +103,11 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
         meta.input_size = size  # random weights: run them at the size asked for
     frame_size = frame_size or tuple(meta.input_size)
     frame = _frame(frame_size)
-    options = {'unfolded': {'fold_bn': False, 'channels_last': False},
-               'folded': {'fold_bn': True, 'channels_last': False},
-               'folded-cl': {'fold_bn': True, 'channels_last': True}}
+    plain = {'fold_bn': False, 'cpu_rewrites': False, 'channels_last': False, 'torchscript': False}
+    options = {'unfolded': plain,
+               'folded': {**plain, 'fold_bn': True},
+               'rewritten': {**plain, 'fold_bn': True, 'cpu_rewrites': True, 'channels_last': True},
+               'graph': {'fold_bn': True, 'cpu_rewrites': True, 'channels_last': True, 'torchscript': True}}
     runners: dict[str, Callable] = {}
     segmenters: dict[str, Segmenter] = {}
     for name in variants:

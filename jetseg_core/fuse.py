@@ -1,7 +1,9 @@
-"""Fold BatchNorm into the preceding convolution for inference.
+"""Inference-time rewrites of a trained network that keep its outputs (up to float rounding).
 
-A folded model runs one conv (with bias) where it ran conv + BN: fewer kernels,
-fewer memory passes, and the same outputs up to float rounding.
+- BatchNorm folded into the preceding convolution: one conv with bias instead of conv + BN;
+- for CPU (:func:`rewrite_for_cpu`): grouped 1x1 convolutions made dense (block-diagonal
+  weights), each JetBlock's channel shuffle folded into the expand conv's output order, and
+  width-dilated depthwise convs undilated: kernels PyTorch's CPU backend runs much faster.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import itertools
 
 import torch
 from torch import nn
+
+from jetseg_core.layers import ChannelShuffle, JetBlock
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -53,3 +57,87 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     if leftover:
         raise ValueError(f'cannot fold BatchNorm without a preceding conv: {", ".join(leftover)}')
     return folded
+
+
+def densify_grouped_pointwise(model: nn.Module) -> nn.Module:
+    """Replace every grouped 1x1 conv of ``model`` (in place) by a dense one with a block-diagonal weight.
+
+    Same outputs; more multiply-adds on paper, but for JetSeg's narrow layers one small GEMM
+    is far cheaper on CPU than PyTorch's grouped path (single-threaded it loops over the
+    groups with a slice, a GEMM and a concat each).
+    """
+    for parent in list(model.modules()):
+        for name, conv in list(parent.named_children()):
+            if not (isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.kernel_size == (1, 1)):
+                continue
+            dense = nn.Conv2d(conv.in_channels, conv.out_channels, 1, conv.stride, conv.padding,
+                              bias=conv.bias is not None).to(conv.weight.device, conv.weight.dtype)
+            g, in_per, out_per = conv.groups, conv.in_channels // conv.groups, conv.out_channels // conv.groups
+            with torch.no_grad():
+                dense.weight.zero_()
+                for i in range(g):
+                    dense.weight[i * out_per:(i + 1) * out_per, i * in_per:(i + 1) * in_per] = \
+                        conv.weight[i * out_per:(i + 1) * out_per]
+                if conv.bias is not None:
+                    dense.bias.copy_(conv.bias)
+            dense.train(conv.training).requires_grad_(conv.weight.requires_grad)
+            setattr(parent, name, dense)
+    return model
+
+
+def fold_channel_shuffle(model: nn.Module) -> nn.Module:
+    """Fold each JetBlock's channel shuffle into the dense, BN-folded expand conv before it (in place).
+
+    The activation between them is elementwise, so permuting the conv's output channels
+    gives the shuffled tensor directly and saves a full copy of it per block. Blocks whose
+    expand conv is still grouped or still has its BatchNorm are left as they are.
+    """
+    for block in model.modules():
+        if not (isinstance(block, JetBlock) and isinstance(block.shuffle, ChannelShuffle)):
+            continue
+        conv = block.expand.conv
+        if conv.groups != 1 or not isinstance(block.expand.bn, nn.Identity):
+            continue
+        # Output channel j of the shuffle is input channel order[j].
+        order = block.shuffle(torch.arange(conv.out_channels, dtype=torch.float32).view(1, -1, 1, 1))
+        order = order.flatten().long().to(conv.weight.device)
+        with torch.no_grad():
+            conv.weight.copy_(conv.weight[order])
+            if conv.bias is not None:
+                conv.bias.copy_(conv.bias[order])
+        block.shuffle = nn.Identity()
+    return model
+
+
+def undilate_horizontal_depthwise(model: nn.Module) -> nn.Module:
+    """Rewrite each depthwise 1xK conv dilated along the width by D (in place) as an undilated
+    1x((K-1)D+1) conv whose kernel holds the K taps with zeros between them.
+
+    The same sums, term for term; oneDNN's CPU depthwise kernel is slow for dilation along the
+    width (6x for JetSeg's 1x7, dilation 3, at 120x160 in channels_last) and fast without it.
+    """
+    for parent in list(model.modules()):
+        for name, conv in list(parent.named_children()):
+            if not (isinstance(conv, nn.Conv2d) and conv.kernel_size[0] == 1
+                    and conv.groups == conv.in_channels == conv.out_channels
+                    and conv.dilation[0] == 1 and conv.dilation[1] > 1
+                    and isinstance(conv.padding, tuple)):
+                continue
+            d, k = conv.dilation[1], conv.kernel_size[1]
+            width = (k - 1) * d + 1
+            plain = nn.Conv2d(conv.in_channels, conv.out_channels, (1, width), conv.stride, conv.padding,
+                              groups=conv.groups, bias=conv.bias is not None,
+                              padding_mode=conv.padding_mode).to(conv.weight.device, conv.weight.dtype)
+            with torch.no_grad():
+                plain.weight.zero_()
+                plain.weight[..., ::d] = conv.weight
+                if conv.bias is not None:
+                    plain.bias.copy_(conv.bias)
+            plain.train(conv.training).requires_grad_(conv.weight.requires_grad)
+            setattr(parent, name, plain)
+    return model
+
+
+def rewrite_for_cpu(model: nn.Module) -> nn.Module:
+    """All the CPU rewrites above, in place, on a BN-folded model (the shuffle fold needs it)."""
+    return undilate_horizontal_depthwise(fold_channel_shuffle(densify_grouped_pointwise(model)))

@@ -4,8 +4,12 @@ The ROS node, the command-line tools and the benchmarks all use :class:`Segmente
 so a speed-up or a fix here reaches all of them and the benchmark measures what the
 node runs. What makes it fast, by construction:
 
-- the network is prepared once: eval mode, BatchNorm folded into the convolutions,
-  gradients off, optionally channels_last and fp16 (CUDA);
+- the network is prepared once (:mod:`jetseg_core.fuse`): eval mode, gradients off,
+  BatchNorm folded into the convolutions, channels_last, fp16 on CUDA; on CPU, convs rewritten
+  into the kernels PyTorch runs fast there (dense 1x1, no shuffles, no width dilation);
+- on CPU it runs as a frozen TorchScript graph, traced on the first frame: the same
+  numbers without ~250 Python-level module and op calls per frame, and without holding
+  the GIL, so the ROS executor thread can take the next image while the network runs;
 - every frame runs under ``torch.inference_mode``;
 - frames are resized as uint8 (torch's vectorised bilinear, antialiased when
   shrinking: the same filter as the training/eval transforms, ~1.3 ms for 720p);
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from jetseg_core.checkpoint import CheckpointMeta, resolve_checkpoint
+from jetseg_core.fuse import fold_batchnorm, rewrite_for_cpu
 
 __all__ = ['DEVICES', 'PRECISIONS', 'Segmentation', 'Segmenter']
 
@@ -100,36 +106,41 @@ class Segmenter:
     ``device``: 'auto' (CUDA if available), 'cpu' or 'cuda'. ``precision``: 'fp32',
     'fp16' (CUDA only) or 'auto' (fp16 on CUDA). ``num_threads`` sets torch's CPU
     thread count (process-wide). ``fold_bn`` folds BatchNorm into convolutions.
-    ``channels_last=None`` picks the faster layout: on for CUDA, off on CPU, where
-    ``jetseg-benchmark`` measured it ~25% slower for nano (torch 2.13, 1 thread).
+    The other switches exist for benchmarks and tests; their defaults (None) are what
+    ``jetseg-benchmark`` measured fastest. ``cpu_rewrites``: :func:`jetseg_core.fuse.rewrite_for_cpu`
+    (dense 1x1 convs, no shuffles, no width dilation; default on CPU). ``channels_last``: NHWC
+    memory (default on; on CPU it pays off once the 1x1 convs are dense). ``torchscript``: run a frozen
+    TorchScript graph (default on CPU). CUDA keeps grouped convs and eager PyTorch until they
+    are measured there.
     """
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, device: str = 'auto',
                  precision: str = 'fp32', num_threads: int | None = None, fold_bn: bool = True,
-                 channels_last: bool | None = None) -> None:
+                 channels_last: bool | None = None, torchscript: bool | None = None,
+                 cpu_rewrites: bool | None = None) -> None:
         self._device = _resolve_device(device)
         self.precision = _resolve_precision(precision, self._device)
         if num_threads is not None:
             if not isinstance(num_threads, int) or num_threads < 1:
                 raise ValueError(f'num_threads must be a positive integer, got {num_threads!r}')
             torch.set_num_threads(num_threads)
-        if channels_last is None:
-            channels_last = self._device.type == 'cuda'
+        on_cpu = self._device.type == 'cpu'
+        self.channels_last = True if channels_last is None else bool(channels_last)
+        self.torchscript = on_cpu if torchscript is None else bool(torchscript)
+        self.cpu_rewrites = on_cpu if cpu_rewrites is None else bool(cpu_rewrites)
         self.meta = copy.deepcopy(meta)  # input buffers follow its input_size: keep a private copy
-        self.channels_last = bool(channels_last)
         self.fold_bn = bool(fold_bn)
         self._dtype = torch.float16 if self.precision == 'fp16' else torch.float32
         self._memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
 
-        if fold_bn:
-            from jetseg_core.fuse import fold_batchnorm
-
-            net = fold_batchnorm(model)  # returns a copy: the caller's model is left alone
-        else:
-            net = copy.deepcopy(model)
+        # Every rewrite works on a copy: the caller's model is left alone.
+        net = fold_batchnorm(model) if fold_bn else copy.deepcopy(model)
+        if self.cpu_rewrites:
+            rewrite_for_cpu(net)
         net.eval().requires_grad_(False)
         net = net.to(device=self._device, dtype=self._dtype, memory_format=self._memory_format)
         self._model = net
+        self._graph: torch.jit.ScriptModule | None = None  # traced from the first frame when torchscript
 
         mean = torch.tensor(meta.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(meta.std, dtype=torch.float32).view(1, 3, 1, 1)
@@ -178,7 +189,9 @@ class Segmenter:
 
     @property
     def backend(self) -> str:
-        parts = ['torch', self.precision] + (['bnfolded'] if self.fold_bn else [])
+        parts = ['torchscript' if self.torchscript else 'torch', self.precision]
+        parts += ['bnfolded'] if self.fold_bn else []
+        parts += ['cpurewrites'] if self.cpu_rewrites else []
         return '-'.join(parts + (['cl'] if self.channels_last else []))
 
     def __repr__(self) -> str:
@@ -204,7 +217,7 @@ class Segmenter:
             t0 = time.perf_counter()
             x = self._preprocess(frames)
             t1 = time.perf_counter()
-            logits = self._model(x)
+            logits = self._forward(x)
             if cuda:
                 torch.cuda.synchronize(self._device)
             t2 = time.perf_counter()
@@ -225,6 +238,26 @@ class Segmenter:
             self.segment(blank)
 
     # ----------------------------------------------------------------- internals
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.torchscript:
+            return self._model(x)
+        if self._graph is None:
+            # The trace records shapes as size() ops, so one graph serves every batch size and
+            # input size; freezing inlines the weights as constants. TorchScript is deprecated in
+            # favour of torch.compile, which here needed ~50 s and a C++ compiler at start-up and
+            # ran no faster; should a later torch drop tracing, run eager rather than fail.
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore', DeprecationWarning)
+                    warnings.simplefilter('ignore', torch.jit.TracerWarning)
+                    self._graph = torch.jit.freeze(torch.jit.trace(self._model, x, check_trace=False))
+            except (RuntimeError, AttributeError, TypeError) as exc:
+                warnings.warn(f'TorchScript tracing failed, running eager PyTorch: {exc}', RuntimeWarning,
+                              stacklevel=2)
+                self.torchscript = False
+                return self._model(x)
+        return self._graph(x)
+
     def _input_buffer(self, n: int) -> torch.Tensor:
         if n not in self._inputs:
             self._inputs[n] = torch.empty((n, 3, *self.input_size), dtype=self._dtype, device=self._device,

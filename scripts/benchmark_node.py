@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--checkpoint', default='', help="'' = shipped weights, 'untrained', or a path")
     parser.add_argument('--qos', default='reliable', choices=('reliable', 'best_effort'),
                         help="the node's image subscription reliability (default reliable)")
+    parser.add_argument('--threads', type=int, default=0,
+                        help="the node's num_threads (default: the profile YAML's, else all cores)")
     parser.add_argument('--sample-every', type=float, default=5.0,
                         help='RSS sampling period in s (default 5)')
     parser.add_argument('--warmup', type=float, default=5.0, help='seconds ignored at the start (default 5)')
@@ -88,7 +90,7 @@ def tree_rss_mb(pid: int) -> float:
 
 def measure(args: argparse.Namespace) -> dict:
     params_file = config_file(args.profile)
-    threads = cpu_threads(int(yaml_parameters(params_file).get('num_threads', 0)))
+    threads = args.threads or cpu_threads(int(yaml_parameters(params_file).get('num_threads', 0)))
     domain = random.Random(os.getpid() ^ time.time_ns()).randint(120, 220)
     os.environ.update(TRANSPORT_ENV)
     work = Path(tempfile.mkdtemp(prefix='jetseg_bench_'))

@@ -1,11 +1,18 @@
-"""BatchNorm folding: same predictions, no BN left, original untouched."""
+"""Inference rewrites (BN folding, the CPU rewrites): same predictions, original untouched."""
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
 
-from jetseg_core.fuse import fold_batchnorm
+from jetseg_core.fuse import (
+    densify_grouped_pointwise,
+    fold_batchnorm,
+    fold_channel_shuffle,
+    rewrite_for_cpu,
+    undilate_horizontal_depthwise,
+)
+from jetseg_core.layers import ChannelShuffle
 from jetseg_core.model import build_model
 from jetseg_core.profiles import PROFILES
 
@@ -68,3 +75,59 @@ def test_batchnorm_without_a_preceding_conv_is_reported() -> None:
     net = nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3))
     with pytest.raises(ValueError, match='cannot fold BatchNorm.*: 1$'):
         fold_batchnorm(net)
+
+
+def _grouped_pointwise(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.Conv2d) and m.groups > 1 and m.kernel_size == (1, 1) for m in model.modules())
+
+
+def _width_dilated(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.Conv2d) and m.dilation[1] > 1 for m in model.modules())
+
+
+@pytest.mark.parametrize('profile', sorted(PROFILES))
+def test_cpu_rewrites_give_the_same_logits(profile: str) -> None:
+    torch.manual_seed(1)
+    model = build_model(profile, 11)
+    _randomise_batchnorm(model, seed=1)
+    folded = fold_batchnorm(model.eval())
+    assert _grouped_pointwise(folded) > 0 and _width_dilated(folded) > 0
+    assert any(isinstance(m, ChannelShuffle) and m.groups > 1 for m in folded.modules())
+    rewritten = rewrite_for_cpu(fold_batchnorm(model))
+    assert _grouped_pointwise(rewritten) == 0 and _width_dilated(rewritten) == 0
+    assert not any(isinstance(m, ChannelShuffle) for m in rewritten.modules())
+    x = torch.randn(2, 3, 97, 131)
+    with torch.no_grad():
+        ref, out = folded(x), rewritten(x)
+    assert torch.allclose(out, ref, atol=1e-4 * max(ref.abs().max().item(), 1.0), rtol=1e-4)
+
+
+def test_densified_conv_keeps_each_group_apart() -> None:
+    conv = nn.Conv2d(6, 4, 1, groups=2, bias=True)
+    net = densify_grouped_pointwise(nn.Sequential(conv))
+    dense = net[0]
+    assert dense.groups == 1 and dense.weight.shape == (4, 6, 1, 1)
+    # Output channels 0-1 read input channels 0-2 only; channels 2-3 read 3-5 only.
+    assert torch.count_nonzero(dense.weight[:2, 3:]) == 0 and torch.count_nonzero(dense.weight[2:, :3]) == 0
+    x = torch.randn(1, 6, 5, 5)
+    with torch.no_grad():
+        assert torch.allclose(dense(x), conv(x), atol=1e-6)
+
+
+def test_shuffle_stays_where_the_expand_conv_is_still_grouped() -> None:
+    model = fold_batchnorm(build_model('nano', 11))
+    fold_channel_shuffle(model)  # grouped expand convs: nothing it can fold
+    assert any(isinstance(m, ChannelShuffle) and m.groups > 1 for m in model.modules())
+
+
+def test_undilated_conv_holds_the_taps_with_zeros_between() -> None:
+    conv = nn.Conv2d(4, 4, (1, 5), padding=(0, 4), dilation=(1, 2), groups=4, bias=False)
+    vertical = nn.Conv2d(4, 4, (5, 1), padding=(4, 0), dilation=(2, 1), groups=4, bias=False)
+    net = undilate_horizontal_depthwise(nn.Sequential(conv, vertical))
+    plain = net[0]
+    assert plain.kernel_size == (1, 9) and plain.dilation == (1, 1) and plain.padding == (0, 4)
+    assert torch.equal(plain.weight[..., ::2], conv.weight) and torch.count_nonzero(plain.weight[..., 1::2]) == 0
+    assert net[1] is vertical  # dilation along the height is fast already: left alone
+    x = torch.randn(1, 4, 7, 11)
+    with torch.no_grad():
+        assert torch.allclose(plain(x), conv(x), atol=1e-6)

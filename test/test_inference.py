@@ -121,9 +121,39 @@ def test_channels_last_gives_the_same_labels(calibrated):
     model, meta = calibrated
     img = _image(120, 160, seed=4)
     default = Segmenter(model, meta, device='cpu')
-    cl = Segmenter(model, meta, device='cpu', channels_last=True)
-    assert not default.channels_last and cl.backend.endswith('-cl')
-    assert np.array_equal(default.segment(img).labels, cl.segment(img).labels)
+    nchw = Segmenter(model, meta, device='cpu', channels_last=False)
+    assert default.channels_last and default.backend.endswith('-cl') and not nchw.backend.endswith('-cl')
+    assert np.array_equal(default.segment(img).labels, nchw.segment(img).labels)
+
+
+def test_cpu_rewrites_give_the_same_labels(calibrated):
+    model, meta = calibrated
+    grouped = Segmenter(model, meta, device='cpu', cpu_rewrites=False)
+    dense = Segmenter(model, meta, device='cpu')
+    assert dense.cpu_rewrites and '-cpurewrites' in dense.backend and '-cpurewrites' not in grouped.backend
+    for seed, size in [(5, NET), (6, (150, 200))]:
+        img = _image(*size, seed=seed)
+        a, b = dense.segment(img, return_probs=True), grouped.segment(img, return_probs=True)
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+        assert (a.labels == b.labels).mean() > 0.999
+
+
+def test_torchscript_graph_gives_the_same_numbers_as_eager_pytorch(calibrated):
+    model, meta = calibrated
+    graph = Segmenter(model, meta, device='cpu')
+    eager = Segmenter(model, meta, device='cpu', torchscript=False)
+    assert graph.torchscript and graph.backend.startswith('torchscript-')
+    assert not eager.torchscript and eager.backend.startswith('torch-')
+    # One graph, traced on the first frame, serves other frame sizes and batch sizes.
+    for size in [NET, (150, 200), (NET[0] + 8, NET[1] - 8)]:
+        img = _image(*size, seed=size[0])
+        a, b = graph.segment(img, return_probs=True), eager.segment(img, return_probs=True)
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+        assert np.array_equal(a.labels, b.labels)
+    frames = [_image(*NET, seed=7), _image(70, 90, seed=8)]
+    for a, b in zip(graph.segment_batch(frames), eager.segment_batch(frames), strict=True):
+        assert np.array_equal(a.labels, b.labels)
+    assert graph._graph is not None and eager._graph is None
 
 
 def test_batch_matches_single_frames_of_mixed_sizes(segmenter):
@@ -218,7 +248,7 @@ def test_segmenter_describes_itself(segmenter, calibrated):
     assert np.array_equal(segmenter.palette, CAMVID11.colors)
     assert segmenter.input_size == NET and segmenter.num_classes == 11 and segmenter.profile == 'nano'
     assert segmenter.device == 'cpu' and segmenter.precision == 'fp32'
-    assert segmenter.backend == 'torch-fp32-bnfolded'
+    assert segmenter.backend == 'torchscript-fp32-bnfolded-cpurewrites-cl'
     model, meta = calibrated
     before = torch.get_num_threads()
     try:
@@ -271,7 +301,7 @@ def test_benchmark_cli_prints_a_row_per_variant(capsys):
         torch.set_num_threads(before)
     out = capsys.readouterr().out
     assert code == 0
-    for variant in ('eager', 'unfolded', 'folded', 'folded-cl'):
+    for variant in ('eager', 'unfolded', 'folded', 'rewritten', 'graph'):
         assert f'  {variant} ' in out
     assert 'peak RSS' in out and 'network 64x96' in out
     assert benchmark_main(['--profile', 'nope', '--iterations', '1']) == 2
