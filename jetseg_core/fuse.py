@@ -72,7 +72,8 @@ def densify_grouped_pointwise(model: nn.Module) -> nn.Module:
                 continue
             dense = nn.Conv2d(conv.in_channels, conv.out_channels, 1, conv.stride, conv.padding,
                               bias=conv.bias is not None).to(conv.weight.device, conv.weight.dtype)
-            g, in_per, out_per = conv.groups, conv.in_channels // conv.groups, conv.out_channels // conv.groups
+            g = conv.groups
+            in_per, out_per = conv.in_channels // g, conv.out_channels // g
             with torch.no_grad():
                 dense.weight.zero_()
                 for i in range(g):
