@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from jetseg_ros.demo import (
     GLIBC_TUNABLES,
-    TRANSPORT_ENV,
     Child,
     DemoError,
     Recorder,
@@ -39,6 +38,7 @@ from jetseg_ros.demo import (
     percentiles,
     ros_env,
     source_command,
+    use_transport_env,
     yaml_parameters,
 )
 
@@ -92,7 +92,7 @@ def measure(args: argparse.Namespace) -> dict:
     params_file = config_file(args.profile)
     threads = args.threads or cpu_threads(int(yaml_parameters(params_file).get('num_threads', 0)))
     domain = random.Random(os.getpid() ^ time.time_ns()).randint(120, 220)
-    os.environ.update(TRANSPORT_ENV)
+    use_transport_env(os.environ)
     work = Path(tempfile.mkdtemp(prefix='jetseg_bench_'))
     node_env = ros_env(domain, GLIBC_TUNABLES=os.environ.get('GLIBC_TUNABLES', GLIBC_TUNABLES))
     recorder = Recorder(domain, work, frames=1, save_every=1, with_images=False)
