@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -59,6 +60,41 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
+def _replace_convs(model: nn.Module, rebuild: Callable[[nn.Conv2d], nn.Conv2d | None]) -> nn.Module:
+    """Swap (in place) every Conv2d for which ``rebuild`` returns a replacement."""
+    for parent in list(model.modules()):
+        for name, conv in list(parent.named_children()):
+            new = rebuild(conv) if isinstance(conv, nn.Conv2d) else None
+            if new is not None:
+                setattr(parent, name, new)
+    return model
+
+
+def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, groups: int) -> nn.Conv2d:
+    """An undilated conv with ``weight`` and everything else (bias, stride, padding, mode) of ``conv``."""
+    new = nn.Conv2d(conv.in_channels, conv.out_channels, tuple(weight.shape[-2:]), conv.stride, conv.padding,
+                    groups=groups, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+    new = new.to(conv.weight.device, conv.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    return new.train(conv.training).requires_grad_(conv.weight.requires_grad)
+
+
+def _dense_pointwise(conv: nn.Conv2d) -> nn.Conv2d | None:
+    if conv.groups == 1 or conv.kernel_size != (1, 1) or conv.dilation != (1, 1):
+        return None
+    g = conv.groups
+    in_per, out_per = conv.in_channels // g, conv.out_channels // g
+    with torch.no_grad():
+        weight = conv.weight.new_zeros(conv.out_channels, conv.in_channels, 1, 1)
+        for i in range(g):  # group i: its outputs read only its own inputs
+            weight[i * out_per:(i + 1) * out_per, i * in_per:(i + 1) * in_per] = \
+                conv.weight[i * out_per:(i + 1) * out_per]
+    return _conv_like(conv, weight, groups=1)
+
+
 def densify_grouped_pointwise(model: nn.Module) -> nn.Module:
     """Replace every grouped 1x1 conv of ``model`` (in place) by a dense one with a block-diagonal weight.
 
@@ -66,24 +102,7 @@ def densify_grouped_pointwise(model: nn.Module) -> nn.Module:
     is far cheaper on CPU than PyTorch's grouped path (single-threaded it loops over the
     groups with a slice, a GEMM and a concat each).
     """
-    for parent in list(model.modules()):
-        for name, conv in list(parent.named_children()):
-            if not (isinstance(conv, nn.Conv2d) and conv.groups > 1 and conv.kernel_size == (1, 1)):
-                continue
-            dense = nn.Conv2d(conv.in_channels, conv.out_channels, 1, conv.stride, conv.padding,
-                              bias=conv.bias is not None).to(conv.weight.device, conv.weight.dtype)
-            g = conv.groups
-            in_per, out_per = conv.in_channels // g, conv.out_channels // g
-            with torch.no_grad():
-                dense.weight.zero_()
-                for i in range(g):
-                    dense.weight[i * out_per:(i + 1) * out_per, i * in_per:(i + 1) * in_per] = \
-                        conv.weight[i * out_per:(i + 1) * out_per]
-                if conv.bias is not None:
-                    dense.bias.copy_(conv.bias)
-            dense.train(conv.training).requires_grad_(conv.weight.requires_grad)
-            setattr(parent, name, dense)
-    return model
+    return _replace_convs(model, _dense_pointwise)
 
 
 def fold_channel_shuffle(model: nn.Module) -> nn.Module:
@@ -110,6 +129,18 @@ def fold_channel_shuffle(model: nn.Module) -> nn.Module:
     return model
 
 
+def _undilated_horizontal(conv: nn.Conv2d) -> nn.Conv2d | None:
+    depthwise = conv.groups == conv.in_channels == conv.out_channels
+    if not (depthwise and conv.kernel_size[0] == 1 and conv.dilation[0] == 1 and conv.dilation[1] > 1
+            and isinstance(conv.padding, tuple)):
+        return None
+    d, k = conv.dilation[1], conv.kernel_size[1]
+    with torch.no_grad():
+        weight = conv.weight.new_zeros(*conv.weight.shape[:3], (k - 1) * d + 1)
+        weight[..., ::d] = conv.weight
+    return _conv_like(conv, weight, groups=conv.groups)
+
+
 def undilate_horizontal_depthwise(model: nn.Module) -> nn.Module:
     """Rewrite each depthwise 1xK conv dilated along the width by D (in place) as an undilated
     1x((K-1)D+1) conv whose kernel holds the K taps with zeros between them.
@@ -117,26 +148,7 @@ def undilate_horizontal_depthwise(model: nn.Module) -> nn.Module:
     The same sums, term for term; oneDNN's CPU depthwise kernel is slow for dilation along the
     width (6x for JetSeg's 1x7, dilation 3, at 120x160 in channels_last) and fast without it.
     """
-    for parent in list(model.modules()):
-        for name, conv in list(parent.named_children()):
-            if not (isinstance(conv, nn.Conv2d) and conv.kernel_size[0] == 1
-                    and conv.groups == conv.in_channels == conv.out_channels
-                    and conv.dilation[0] == 1 and conv.dilation[1] > 1
-                    and isinstance(conv.padding, tuple)):
-                continue
-            d, k = conv.dilation[1], conv.kernel_size[1]
-            width = (k - 1) * d + 1
-            plain = nn.Conv2d(conv.in_channels, conv.out_channels, (1, width), conv.stride, conv.padding,
-                              groups=conv.groups, bias=conv.bias is not None,
-                              padding_mode=conv.padding_mode).to(conv.weight.device, conv.weight.dtype)
-            with torch.no_grad():
-                plain.weight.zero_()
-                plain.weight[..., ::d] = conv.weight
-                if conv.bias is not None:
-                    plain.bias.copy_(conv.bias)
-            plain.train(conv.training).requires_grad_(conv.weight.requires_grad)
-            setattr(parent, name, plain)
-    return model
+    return _replace_convs(model, _undilated_horizontal)
 
 
 def rewrite_for_cpu(model: nn.Module) -> nn.Module:

@@ -8,59 +8,28 @@ from __future__ import annotations
 import os
 import time
 import unittest
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
 pytest.importorskip('launch_testing', reason='launch_testing is not installed (ROS 2, or shared/ros-launch)')
 
-import launch_testing.actions
 import launch_testing.asserts
 import rclpy
-from launch.actions import IncludeLaunchDescription, SetEnvironmentVariable
-from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch_support import ListenerTestCase, nano_launch
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import Image
 
-import launch
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DOMAIN_ID = (os.getpid() * 13) % 90 + 110  # the launched nodes and this test's node, apart from other tests
-ENV = {
-    'ROS_DOMAIN_ID': str(DOMAIN_ID),
-    'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA',
-    'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-    'PYTHONPATH': os.pathsep.join([str(REPO_ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p]),
-}
+DOMAIN_ID = (os.getpid() * 13) % 90 + 110  # apart from other tests' domains
 
 
 @pytest.mark.launch_test
 def generate_test_description():
-    nano = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(REPO_ROOT / 'launch' / 'nano.launch.py')),
-        launch_arguments={'source': 'synthetic', 'checkpoint': 'untrained', 'rate': '5.0'}.items())
-    return launch.LaunchDescription([
-        *(SetEnvironmentVariable(name, value) for name, value in ENV.items()),
-        nano,
-        launch_testing.actions.ReadyToTest(),
-    ])
+    return nano_launch(DOMAIN_ID, source='synthetic', checkpoint='untrained', rate='5.0')
 
 
-class TestNanoLaunchWithSyntheticSource(unittest.TestCase):
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        os.environ['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
-        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-        cls.context = rclpy.Context()
-        rclpy.init(context=cls.context, domain_id=DOMAIN_ID)
-        cls.node = rclpy.create_node('launch_test_listener', context=cls.context)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.node.destroy_node()
-        rclpy.try_shutdown(context=cls.context)
+class TestNanoLaunchWithSyntheticSource(ListenerTestCase):
+    domain_id = DOMAIN_ID
 
     def test_labels_arrive_on_jetseg_labels_for_the_synthetic_camera(self) -> None:
         labels: list[Image] = []

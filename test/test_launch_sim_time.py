@@ -9,63 +9,31 @@ from __future__ import annotations
 import os
 import time
 import unittest
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
 pytest.importorskip('launch_testing', reason='launch_testing is not installed (ROS 2, or shared/ros-launch)')
 
-import launch_testing.actions
 import launch_testing.asserts
 import rclpy
 from builtin_interfaces.msg import Time
-from launch.actions import IncludeLaunchDescription, SetEnvironmentVariable
-from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch_support import ListenerTestCase, nano_launch
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
 
-import launch
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DOMAIN_ID = (os.getpid() * 17) % 90 + 110
-ENV = {
-    'ROS_DOMAIN_ID': str(DOMAIN_ID),
-    'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA',
-    'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST',
-    'PYTHONPATH': os.pathsep.join([str(REPO_ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p]),
-}
+DOMAIN_ID = (os.getpid() * 17) % 90 + 110  # apart from other tests' domains
 SIM_START_S = 1000
 
 
 @pytest.mark.launch_test
 def generate_test_description():
-    nano = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(str(REPO_ROOT / 'launch' / 'nano.launch.py')),
-        launch_arguments={'source': 'synthetic', 'checkpoint': 'untrained', 'rate': '5.0',
-                          'use_sim_time': 'true'}.items())
-    return launch.LaunchDescription([
-        *(SetEnvironmentVariable(name, value) for name, value in ENV.items()),
-        nano,
-        launch_testing.actions.ReadyToTest(),
-    ])
+    return nano_launch(DOMAIN_ID, source='synthetic', checkpoint='untrained', rate='5.0', use_sim_time='true')
 
 
-class TestNanoLaunchOnSimulatedTime(unittest.TestCase):
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        os.environ['FASTDDS_BUILTIN_TRANSPORTS'] = 'LARGE_DATA'
-        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-        cls.context = rclpy.Context()
-        rclpy.init(context=cls.context, domain_id=DOMAIN_ID)
-        cls.node = rclpy.create_node('sim_clock', context=cls.context)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.node.destroy_node()
-        rclpy.try_shutdown(context=cls.context)
+class TestNanoLaunchOnSimulatedTime(ListenerTestCase):
+    domain_id = DOMAIN_ID
 
     def test_stamps_and_ages_follow_the_published_clock(self) -> None:
         from jetseg_ros.msg import SegmentationLatency
