@@ -431,9 +431,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--save-every', type=int, default=10,
                         help='save every Nth overlay as PNG (default 10)')
     parser.add_argument('--qos', default='reliable', choices=('reliable', 'best_effort'),
-                        help='image subscription reliability of the node (default reliable: on one machine '
-                             'it loses no frames; best_effort over Fast DDS LARGE_DATA drops many under '
-                             'CPU load)')
+                        help='image subscription reliability of the node (default reliable: the image '
+                             'source publishes reliably; with config/fastdds_shm.xml best_effort loses no '
+                             'frames either)')
     parser.add_argument('--domain-id', type=int, default=None,
                         help='ROS_DOMAIN_ID (default: a random free one)')
     parser.add_argument('--startup-timeout', type=float, default=120.0,
