@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ros_testing import (
+    BEST_EFFORT,
     RELIABLE_DEEP,
+    REPO_ROOT,
     RosHarness,
     RosProcess,
     new_domain_id,
@@ -164,3 +166,21 @@ def test_unusable_path_exits_2_with_one_clear_line_and_no_traceback(tmp_path: Pa
     assert len(errors) == 1, out
     assert params['path'] in errors[0]
     assert 'Traceback' not in out
+
+
+def test_shipped_fastdds_profile_carries_every_vga_frame_to_a_best_effort_subscriber() -> None:
+    # config/fastdds_shm.xml on the publisher only, as the README tells camera users; the
+    # subscriber (this process) keeps LARGE_DATA. Without the profile most best-effort
+    # 640x480 frames are lost on the way.
+    domain, frames = new_domain_id(), 30
+    params = {'source': 'synthetic', 'width': 640, 'height': 480, 'rate': 30.0, 'num_frames': frames,
+              'wait_for_subscribers': 1, 'qos_reliability': 'best_effort'}
+    cmd = ['env', '-u', 'FASTDDS_BUILTIN_TRANSPORTS', *python_module_command(MODULE, params)]
+    profile = {'FASTDDS_DEFAULT_PROFILES_FILE': str(REPO_ROOT / 'config' / 'fastdds_shm.xml')}
+    with RosHarness(domain) as ros:
+        images = ros.record('camera/image_raw', Image, BEST_EFFORT)
+        with RosProcess(cmd, domain, env_extra=profile) as proc:
+            assert proc.wait(60) == 0, proc.output
+    received = images.messages
+    assert len(received) == frames, f'{len(received)} of {frames} frames arrived:\n{proc.output}'
+    assert all(len(m.data) == 640 * 480 * 3 for m in received)
