@@ -252,11 +252,14 @@ def _encode_pixels(rgb: np.ndarray, enc: str, bigendian: bool) -> np.ndarray:
         rgb = np.repeat(rgb[..., None], 3, axis=2)
     rgb = rgb.astype(np.uint8, copy=False)
     height, width = rgb.shape[:2]
-    if enc in ('rgb8', 'bgr8', 'rgba8', 'bgra8'):
-        order = [0, 1, 2] if enc.startswith('rgb') else [2, 1, 0]
-        pixels = rgb[..., order]
+    if enc == 'rgb8':
+        return rgb.reshape(height, -1)
+    if enc in ('bgr8', 'rgba8', 'bgra8'):
+        pixels = np.empty((height, width, _BYTES_PER_PIXEL[enc]), np.uint8)
+        for src, dst in enumerate((0, 1, 2) if enc.startswith('rgb') else (2, 1, 0)):
+            pixels[..., dst] = rgb[..., src]  # strided copies: fancy indexing is ~10x slower
         if enc.endswith('a8'):
-            pixels = np.concatenate([pixels, np.full((height, width, 1), 255, np.uint8)], axis=2)
+            pixels[..., 3] = 255
         return pixels.reshape(height, -1)
     luma = _to_u8(rgb @ np.array([0.299, 0.587, 0.114], np.float32))
     if enc == 'mono8':

@@ -88,8 +88,11 @@ class SyntheticReader:
 
     Generating a 640x480 scene takes 100-200 ms, so the pool is made up front and each scene is
     reused for ``hold`` frames with a growing centre zoom; that keeps any rate steady and gives the
-    stream (and the demo's animation) motion instead of a slide show.
+    stream (and the demo's animation) motion instead of a slide show. Zoomed frames are kept after
+    the first loop (up to ``CACHE_BYTES``), so the source costs little CPU, like a camera driver.
     """
+
+    CACHE_BYTES = 128 * 2**20
 
     def __init__(self, width: int, height: int, seed: int = 0, scenes: int = 8, hold: int = 10) -> None:
         from jetseg_core.data.synthetic import generate_scene
@@ -97,11 +100,21 @@ class SyntheticReader:
         self._scenes = [generate_scene(seed + i, size)[0] for i in range(max(1, scenes))]
         self._hold = max(1, hold)
         self._index = 0
+        self._cache: dict[int, np.ndarray] = {}
+        self._cache_frames = self.CACHE_BYTES // self._scenes[0].nbytes
 
     def read(self) -> np.ndarray:
-        scene, step = divmod(self._index, self._hold)
+        key = self._index % (len(self._scenes) * self._hold)
         self._index += 1
-        rgb = self._scenes[scene % len(self._scenes)]
+        frame = self._cache.get(key)
+        if frame is None:
+            frame = self._zoomed(*divmod(key, self._hold))
+            if len(self._cache) < self._cache_frames:
+                self._cache[key] = frame
+        return frame
+
+    def _zoomed(self, scene: int, step: int) -> np.ndarray:
+        rgb = self._scenes[scene]
         if step == 0:
             return rgb
         h, w = rgb.shape[:2]
