@@ -16,15 +16,12 @@ from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from jetseg_ros.demo import GLIBC_TUNABLES
 from launch import LaunchContext, LaunchDescription
 
 PACKAGE = 'jetseg_ros'
 PROFILES = ('nano', 'agx', 'workstation')
 SOURCES = ('none', 'synthetic', 'video', 'folder', 'rosbag')
-# glibc hands large torch buffers back to the kernel after every frame; keeping them removed
-# 27-48 % kernel time from CPU inference (see the README's performance notes).
-GLIBC_TUNABLES = ('glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:'
-                  'glibc.malloc.top_pad=268435456')
 
 # (name, default, description); profile's default is set per wrapper.
 ARGUMENTS = (

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GLIBC_TUNABLES = ('glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:'
-                  'glibc.malloc.top_pad=268435456')
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from jetseg_ros.demo import GLIBC_TUNABLES  # noqa: E402 - after the checkout is on sys.path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -28,13 +28,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from jetseg_ros.demo import (
-    GLIBC_TUNABLES,
     Child,
     DemoError,
     Recorder,
     config_file,
     cpu_threads,
+    frame_size,
     node_command,
+    node_env,
     percentiles,
     ros_env,
     source_command,
@@ -63,9 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--json', type=Path, default=None, help='also write the figures to this file')
     args = parser.parse_args(argv)
     try:
-        args.width, args.height = (int(v) for v in args.size.lower().split('x'))
-    except ValueError:
-        parser.error(f"--size '{args.size}': expected WxH, e.g. 640x480")
+        args.width, args.height = frame_size(args.size)
+    except ValueError as err:
+        parser.error(str(err))
     if args.seconds <= 0 or args.rate <= 0 or args.sample_every <= 0:
         parser.error('--seconds, --rate and --sample-every must be positive')
     return args
@@ -94,7 +95,6 @@ def measure(args: argparse.Namespace) -> dict:
     domain = random.Random(os.getpid() ^ time.time_ns()).randint(120, 220)
     use_transport_env(os.environ)
     work = Path(tempfile.mkdtemp(prefix='jetseg_bench_'))
-    node_env = ros_env(domain, GLIBC_TUNABLES=os.environ.get('GLIBC_TUNABLES', GLIBC_TUNABLES))
     recorder = Recorder(domain, work, frames=1, save_every=1, with_images=False)
     from rclpy.qos import QoSProfile, QoSReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -107,7 +107,7 @@ def measure(args: argparse.Namespace) -> dict:
     try:
         node = Child.start('segmentation_node', node_command(params_file, {
             'checkpoint': args.checkpoint, 'num_threads': threads, 'qos_reliability': args.qos}),
-            node_env, work)
+            node_env(domain), work)
         children.append(node)
         print(f'benchmark: loading the {args.profile} node (logs in {work}) ...', flush=True)
         deadline = time.monotonic() + 180
