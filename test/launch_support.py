@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import os
 import unittest
-from pathlib import Path
 
 import launch_testing.actions
 import rclpy
 from launch.actions import IncludeLaunchDescription, SetEnvironmentVariable
 from launch.launch_description_sources import PythonLaunchDescriptionSource
+from ros_testing import REPO_ROOT, TRANSPORT_ENV
 
 import launch
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TRANSPORT_ENV = {'FASTDDS_BUILTIN_TRANSPORTS': 'LARGE_DATA', 'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
 
 
 def nano_launch(domain_id: int, **arguments: str) -> launch.LaunchDescription:
