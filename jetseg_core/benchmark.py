@@ -16,7 +16,6 @@ Variants:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import resource
 import sys
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from jetseg_core.checkpoint import CheckpointError, CheckpointMeta, resolve_checkpoint
 from jetseg_core.cli import OneLineParser, UsageError, parse_size, positive_int_list, usage_error
 from jetseg_core.inference import Segmenter
+from jetseg_core.malloc import tune_malloc
 
 VARIANTS = ('eager', 'unfolded', 'folded', 'rewritten', 'graph')
 
@@ -41,23 +41,6 @@ def _variant_list(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(bad) or text!r}; "
                                          f"valid: {', '.join(VARIANTS)}")
     return names
-
-
-def tune_malloc() -> bool:
-    """Stop glibc from returning big buffers to the OS after every frame (mmap/trim churn).
-
-    Equivalent to the GLIBC_TUNABLES setting in the project notes, applied at run time.
-    Returns False where the C library has no mallopt (not glibc).
-    """
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-        m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4
-        ok = libc.mallopt(m_mmap_max, 0) == 1
-        ok &= libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
-        ok &= libc.mallopt(m_top_pad, 256 * 1024 * 1024) == 1
-        return bool(ok)
-    except (OSError, AttributeError):
-        return False
 
 
 def _eager_runner(model: torch.nn.Module, meta: CheckpointMeta, device: torch.device) -> Callable:
@@ -123,7 +106,8 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
           f'{frame_size[0]}x{frame_size[1]}, device {dev}, torch {torch.__version__}, '
           f'{iterations} interleaved frames per variant', file=out)
     # Context that moves the figures most on a shared CPU: other load, and OpenMP spin-waiting
-    # (OMP_WAIT_POLICY=PASSIVE was ~3x faster with 2 threads on a busy 2-core machine).
+    # (with 2 threads on 2 cores, OMP_WAIT_POLICY=PASSIVE was ~3x faster when other processes
+    # were busy, and 2.3x slower on an otherwise idle machine).
     print(f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, '
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}", file=out)
     times: dict[tuple[int, str], list[float]] = {}
@@ -192,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         return usage_error(parser.prog, exc)
     if args.tune_malloc and not tune_malloc():
-        print('jetseg-benchmark: note: mallopt unavailable, --tune-malloc ignored', file=sys.stderr)
+        print('jetseg-benchmark: note: --tune-malloc ignored (not glibc, or GLIBC_TUNABLES tunes malloc)',
+              file=sys.stderr)
     try:
         run_benchmark(args.profile, args.size, args.frame_size, args.threads, args.iterations,
                       args.warmup, args.variants, args.checkpoint, args.device)

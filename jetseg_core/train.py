@@ -33,6 +33,7 @@ from jetseg_core.cli import (
     positive_int,
     usage_error,
 )
+from jetseg_core.malloc import tune_malloc
 
 DATASETS = ('camvid', 'camvid32', 'camvid32to11', 'cityscapes', 'folder', 'synthetic')
 LOSSES = ('jetloss', 'ce', 'jetloss+ce')
@@ -635,6 +636,7 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point `jetseg-train`."""
+    tune_malloc()  # batches and activations are reallocated every step
     dist = Dist()
     try:
         args = build_parser().parse_args(argv)

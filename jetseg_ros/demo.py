@@ -34,12 +34,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from jetseg_core.malloc import tune_malloc
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding jetseg_ros/
-# For processes running torch (node, training): glibc hands large torch buffers back to the kernel
-# after every frame; keeping them removed 27-48 % kernel time from CPU inference. The one copy of
-# this setting: the launch files and the loss benchmark import it from here.
-GLIBC_TUNABLES = ('glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736:'
-                  'glibc.malloc.top_pad=268435456')
 NODE_NAME = 'jetseg'
 SHEET_ROWS = 4
 TILE = (240, 320)  # (H, W) of one contact sheet tile
@@ -102,11 +99,6 @@ def ros_env(domain_id: int, **extra: str) -> dict[str, str]:
     env.pop('ROS_LOCALHOST_ONLY', None)
     env.update(extra)
     return env
-
-
-def node_env(domain_id: int) -> dict[str, str]:
-    """:func:`ros_env` for the segmentation node: with GLIBC_TUNABLES unless the user set their own."""
-    return ros_env(domain_id, GLIBC_TUNABLES=os.environ.get('GLIBC_TUNABLES', GLIBC_TUNABLES))
 
 
 @dataclass
@@ -517,11 +509,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ros2 = shutil.which('ros2') or str(Path(sys.executable).with_name('ros2'))
             cmd = [ros2, 'launch', 'jetseg_ros', f'{args.profile}.launch.py', 'source:=synthetic',
                    f'rate:={args.rate}', f'num_frames:={args.frames}', f'checkpoint:={args.checkpoint}']
-            children.append(Child.start('ros2_launch', cmd, node_env(args.domain_id), out / 'logs'))
+            children.append(Child.start('ros2_launch', cmd, ros_env(args.domain_id), out / 'logs'))
         else:
             overrides = {'checkpoint': args.checkpoint, 'num_threads': threads, 'qos_reliability': args.qos}
             children.append(Child.start('segmentation_node', node_command(params_file, overrides),
-                                        node_env(args.domain_id), out / 'logs'))
+                                        ros_env(args.domain_id), out / 'logs'))
         print(f'jetseg-demo: starting the {args.profile} node (ROS_DOMAIN_ID={args.domain_id}); '
               'loading the model ...', flush=True)
         _wait(lambda: recorder.class_info is not None, args.startup_timeout, children,
@@ -619,6 +611,7 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of jetseg-demo; 0 on success, 1 if the pipeline produced nothing, 2 on bad options."""
+    tune_malloc()  # this process receives every overlay frame
     args = parse_args(argv)
     try:
         summary = run(args)

@@ -25,6 +25,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from jetseg_core.malloc import tune_malloc
 from jetseg_core.predict import IMAGE_SUFFIXES, read_image
 from jetseg_ros.image_conversion import (
     SUPPORTED_ENCODINGS,
@@ -402,6 +403,7 @@ def _fail(message: str) -> int:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of `image_source`: 0 after num_frames / the end of the source / Ctrl-C, 2 on bad input."""
+    tune_malloc()  # a new frame-sized message every tick
     rclpy.init(args=args)
     node = None
     try:

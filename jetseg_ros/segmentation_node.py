@@ -19,6 +19,8 @@ import sys
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +42,7 @@ from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReli
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import ColorRGBA, Header
 
+from jetseg_core.malloc import tune_malloc
 from jetseg_ros.image_conversion import (
     ImageConversionError,
     compressed_to_rgb,
@@ -262,11 +265,16 @@ class SegmentationNode(Node):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        # Every torch call runs on this one thread, loading included. A second thread that ever
+        # ran a parallel op owns a second OpenMP pool; libgomp then counts more threads than cores
+        # and stops spinning between ops, which made the nano network 2.2x slower (19 vs 8.5 ms).
+        self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix='jetseg-inference')
         try:
             self._settings = self._declare_parameters()
             self._msg_types = _load_message_types()
-            self._segmenter = self._load_segmenter()
+            self._segmenter = self._torch_thread.submit(self._load_segmenter).result()
         except StartupError as exc:
+            self._torch_thread.shutdown(wait=False)
             self.get_logger().error(str(exc))
             raise
 
@@ -288,8 +296,7 @@ class SegmentationNode(Node):
         self._no_image_timer = self.create_timer(NO_IMAGE_WARNING_S, self._warn_if_no_image,
                                                  clock=self._steady)
 
-        self._worker = threading.Thread(target=self._worker_loop, name='jetseg-inference', daemon=True)
-        self._worker.start()
+        self._worker = self._torch_thread.submit(self._worker_loop)
         seg = self._segmenter
         h, w = seg.input_size
         self.get_logger().info(
@@ -594,16 +601,17 @@ class SegmentationNode(Node):
     def close(self) -> bool:
         """Stop the worker; False if it is still inside a frame after a few seconds."""
         self._slot.close()
-        self._worker.join(timeout=3.0)
-        return not self._worker.is_alive()
+        try:
+            self._worker.result(timeout=3.0)
+        except FutureTimeoutError:
+            return False
+        self._torch_thread.shutdown(wait=False)
+        return True
 
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point; exits with status 2 (one log line, no traceback) on a bad configuration."""
-    # A robot's CPU is shared with camera drivers and DDS threads: OpenMP threads that spin
-    # between ops starve them (with a 30 Hz source on 2 cores the node fell from 21 to 12 Hz).
-    # Read once when torch loads, so set before the segmenter imports it; the user's value wins.
-    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    tune_malloc()
     try:
         rclpy.init(args=args)
     except Exception as exc:  # noqa: BLE001 - e.g. malformed --ros-args

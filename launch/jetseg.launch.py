@@ -16,7 +16,6 @@ from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from jetseg_ros.demo import GLIBC_TUNABLES
 from launch import LaunchContext, LaunchDescription
 
 PACKAGE = 'jetseg_ros'
@@ -69,7 +68,7 @@ def _nodes(context: LaunchContext) -> list:
             overrides[key] = arg[key]
     params.append(overrides)
 
-    env = {} if os.environ.get('GLIBC_TUNABLES') else {'GLIBC_TUNABLES': GLIBC_TUNABLES}
+    env = {}
     transport_profile = share / 'config' / 'fastdds_shm.xml'
     user_chose_transport = any(os.environ.get(v) for v in (
         'FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_BUILTIN_TRANSPORTS'))

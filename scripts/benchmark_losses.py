@@ -22,8 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from jetseg_ros.demo import GLIBC_TUNABLES  # noqa: E402 - after the checkout is on sys.path
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -64,8 +62,6 @@ def run_one(spec: str, args: argparse.Namespace) -> dict[str, object]:
     if args.lr is not None:
         cmd += ['--lr', str(args.lr)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    # glibc otherwise hands large tensor buffers back to the OS every step (page faults on 2 cores).
-    env.setdefault('GLIBC_TUNABLES', GLIBC_TUNABLES)
     env.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # no spinning OpenMP threads on a shared CPU
     t0 = time.monotonic()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)

@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from jetseg_core.malloc import tune_malloc
 from jetseg_ros.demo import (
     Child,
     DemoError,
@@ -35,7 +36,6 @@ from jetseg_ros.demo import (
     cpu_threads,
     frame_size,
     node_command,
-    node_env,
     percentiles,
     ros_env,
     source_command,
@@ -72,21 +72,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (the ROS wheels may re-exec Python once)."""
+def tree_usage(pid: int) -> tuple[float, float]:
+    """(resident MiB, CPU seconds so far) of a process and its children (the ROS wheels may re-exec
+    Python once)."""
     import psutil
     try:
         proc = psutil.Process(pid)
         procs = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return math.nan
-    total = 0
+        return math.nan, math.nan
+    rss = cpu = 0.0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            rss += p.memory_info().rss
+            times = p.cpu_times()
+            cpu += times.user + times.system
         except psutil.NoSuchProcess:
             pass
-    return total / 2**20
+    return rss / 2**20, cpu
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -107,7 +110,7 @@ def measure(args: argparse.Namespace) -> dict:
     try:
         node = Child.start('segmentation_node', node_command(params_file, {
             'checkpoint': args.checkpoint, 'num_threads': threads, 'qos_reliability': args.qos}),
-            node_env(domain), work)
+            ros_env(domain), work)
         children.append(node)
         print(f'benchmark: loading the {args.profile} node (logs in {work}) ...', flush=True)
         deadline = time.monotonic() + 180
@@ -129,15 +132,17 @@ def measure(args: argparse.Namespace) -> dict:
         first_in = recorder.latency.last.frames_in
         first_dropped = recorder.latency.last.frames_dropped
         started = time.monotonic()
+        cpu_start = tree_usage(node.proc.pid)[1]
         next_sample = started
         while (now := time.monotonic()) < started + args.seconds:
             if not all(c.running for c in children):
                 raise DemoError('a process exited mid-run:\n' + '\n'.join(c.tail() for c in children))
             if now >= next_sample:
-                rss.append((now - started, tree_rss_mb(node.proc.pid)))
+                rss.append((now - started, tree_usage(node.proc.pid)[0]))
                 next_sample += args.sample_every
             time.sleep(min(0.5, max(0.01, next_sample - now)))
-        rss.append((time.monotonic() - started, tree_rss_mb(node.proc.pid)))
+        rss_end, cpu_end = tree_usage(node.proc.pid)
+        rss.append((time.monotonic() - started, rss_end))
         lat = recorder.latency
         n = len(lat.total)
         arrivals = lat.arrivals[skip:n]
@@ -156,6 +161,7 @@ def measure(args: argparse.Namespace) -> dict:
             'transport_ms': percentiles(lat.transport[skip:n]),
             'waiting_ms': percentiles(lat.waiting[skip:n]),
             'output_rate_hz': rate, 'frames_in': frames_in,
+            'node_cpu_cores': (cpu_end - cpu_start) / rss[-1][0],
             'input_frames_expected': round(args.seconds * args.rate),
             'frames_dropped': int(last.frames_dropped - first_dropped),
             'frames_processed': len(arrivals),
@@ -181,6 +187,7 @@ def print_table(r: dict) -> None:
         s = r[key]
         print(f"{label:22s}{s['p50']:9.2f}{s['p95']:9.2f}{s['mean']:9.2f}{s['max']:9.2f}")
     print(f"output rate           {r['output_rate_hz']:.2f} Hz")
+    print(f"node CPU use          {r['node_cpu_cores']:.2f} cores (of {os.cpu_count()})")
     print(f"frames                in {r['frames_in']} of ~{r['input_frames_expected']} published, processed "
           f"{r['frames_processed']}, dropped (newest-frame policy) {r['frames_dropped']}")
     e2e, over = r['end_to_end_ms']['p50'], r['node_overhead_ms']['p50']
@@ -194,6 +201,7 @@ def print_table(r: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_malloc()  # the recorder receives every label map; page faults here would slow the node down too
     try:
         result = measure(args)
     except DemoError as err:

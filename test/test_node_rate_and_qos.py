@@ -1,8 +1,8 @@
 """Scheduling and QoS of the segmentation node: a reliable subscription, a publisher faster than
 inference (newest frame only, bounded age, counted drops), the QoS-mismatch warning, and SIGINT.
 
-The node runs the untrained nano network at its full 360x480 input so inference is clearly
-slower than a 30 Hz camera on this machine.
+The node runs the untrained nano network at its full 360x480 input on one thread, and the camera
+sends 60 Hz, so inference is clearly slower than the camera on this machine.
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_fast_reliable_camera_keeps_output_age_bounded_and_counts_drops(session)
     assert harness.wait_for_publishers(f'{NODE}/latency', 1, 60)
 
     msg = rgb_to_image(generate_scene(2, (480, 640))[0], 'rgb8')
-    rate_hz, seconds = 30.0, 4.0
+    rate_hz, seconds = 60.0, 3.0
     start = time.monotonic()
     sent = 0
     while sent < rate_hz * seconds:
@@ -89,7 +89,7 @@ def test_fast_reliable_camera_keeps_output_age_bounded_and_counts_drops(session)
     last = latency.wait_for(lambda m: m.header.frame_id == f'fast_{sent - 1}', 60)
     reports = latency.messages
 
-    assert elapsed < seconds * 1.5, 'the test could not publish at 30 Hz'
+    assert elapsed < seconds * 1.5, f'the test could not publish at {rate_hz:g} Hz'
     assert last.frames_in >= sent * 0.5
     assert last.frames_dropped > 0 and last.frames_processed < last.frames_in
     assert last.frames_in == last.frames_processed + last.frames_dropped + last.frames_rejected
