@@ -33,6 +33,7 @@ from jetseg_ros.image_conversion import (
     image_to_rgb,
     rgb_to_image,
 )
+from jetseg_ros.signals import ignore_sigint, route_sigint_to_rclpy
 
 SOURCES = ('synthetic', 'video', 'folder', 'rosbag')
 SYNTHETIC_DEFAULT_SIZE = (480, 640)  # (H, W)
@@ -404,6 +405,7 @@ def _fail(message: str) -> int:
 def main(args: list[str] | None = None) -> int:
     """Entry point of `image_source`: 0 after num_frames / the end of the source / Ctrl-C, 2 on bad input."""
     tune_malloc()  # a new frame-sized message every tick
+    route_sigint_to_rclpy()
     rclpy.init(args=args)
     node = None
     try:
@@ -421,10 +423,15 @@ def main(args: list[str] | None = None) -> int:
         return _fail(f'bad parameter: {err}')
     except (KeyboardInterrupt, ExternalShutdownException):
         return 0
+    except Exception:
+        if rclpy.ok():
+            raise
+        return 0  # Ctrl-C during start-up: rclpy shut the context down under the entities being created
     finally:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        ignore_sigint()
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,8 +50,10 @@ from jetseg_ros.image_conversion import (
     mono_labels_to_image,
     rgb8_image,
 )
+from jetseg_ros.signals import ignore_sigint, route_sigint_to_rclpy
 
 NODE_NAME = 'jetseg'
+INFERENCE_THREAD = 'jetseg-inference'  # the one thread that runs torch
 PROFILES = ('nano', 'agx', 'workstation')
 NO_IMAGE_WARNING_S = 5.0
 DIAGNOSTICS_PERIOD_S = 1.0
@@ -265,16 +267,12 @@ class SegmentationNode(Node):
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        # Every torch call runs on this one thread, loading included. A second thread that ever
-        # ran a parallel op owns a second OpenMP pool; libgomp then counts more threads than cores
-        # and stops spinning between ops, which made the nano network 2.2x slower (19 vs 8.5 ms).
-        self._torch_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix='jetseg-inference')
+        self._slot = NewestFrameSlot()
         try:
             self._settings = self._declare_parameters()
             self._msg_types = _load_message_types()
-            self._segmenter = self._torch_thread.submit(self._load_segmenter).result()
+            self._segmenter = self._start_worker()
         except StartupError as exc:
-            self._torch_thread.shutdown(wait=False)
             self.get_logger().error(str(exc))
             raise
 
@@ -282,7 +280,6 @@ class SegmentationNode(Node):
         self._stats_lock = threading.Lock()
         self._error_log_times: dict[str, float] = {}
         self._camera_info: CameraInfo | None = None
-        self._slot = NewestFrameSlot()
         self._threads_applied = self._settings['num_threads']
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
 
@@ -296,7 +293,6 @@ class SegmentationNode(Node):
         self._no_image_timer = self.create_timer(NO_IMAGE_WARNING_S, self._warn_if_no_image,
                                                  clock=self._steady)
 
-        self._worker = self._torch_thread.submit(self._worker_loop)
         seg = self._segmenter
         h, w = seg.input_size
         self.get_logger().info(
@@ -323,6 +319,33 @@ class SegmentationNode(Node):
                 raise StartupError(problem)
             settings[spec.name] = float(value) if isinstance(spec.default, float) else value
         return settings
+
+    def _start_worker(self) -> Any:
+        """Start the inference thread; it loads the segmenter, hands it back here, then serves frames.
+
+        Every torch call runs on that one thread, loading included. A second thread that ever ran
+        a parallel op owns a second OpenMP pool; libgomp then counts more threads than cores and
+        stops spinning between ops, which made the nano network 2.2x slower (19 vs 8.5 ms). A
+        daemon thread, so that a start-up cut short by Ctrl-C never holds the process open.
+        """
+        loaded: Future = Future()
+
+        def run() -> None:
+            try:
+                loaded.set_result(self._load_segmenter())
+            except Exception as exc:  # noqa: BLE001 - StartupError and the rest: raised on the caller's thread
+                loaded.set_exception(exc)
+                return
+            self._worker_loop()
+
+        self._worker = threading.Thread(target=run, name=INFERENCE_THREAD, daemon=True)
+        self._worker.start()
+        while True:
+            try:
+                return loaded.result(timeout=0.2)
+            except FutureTimeoutError:
+                if not self.context.ok():  # Ctrl-C while loading: do not wait for the model
+                    raise ExternalShutdownException() from None
 
     def _load_segmenter(self) -> Any:
         from jetseg_core.checkpoint import CheckpointError
@@ -601,17 +624,18 @@ class SegmentationNode(Node):
     def close(self) -> bool:
         """Stop the worker; False if it is still inside a frame after a few seconds."""
         self._slot.close()
-        try:
-            self._worker.result(timeout=3.0)
-        except FutureTimeoutError:
-            return False
-        self._torch_thread.shutdown(wait=False)
-        return True
+        self._worker.join(timeout=3.0)
+        return not self._worker.is_alive()
+
+
+def _inference_thread_running() -> bool:
+    return any(t.name == INFERENCE_THREAD and t.is_alive() for t in threading.enumerate())
 
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point; exits with status 2 (one log line, no traceback) on a bad configuration."""
     tune_malloc()
+    route_sigint_to_rclpy()
     try:
         rclpy.init(args=args)
     except Exception as exc:  # noqa: BLE001 - e.g. malformed --ros-args
@@ -620,24 +644,35 @@ def main(args: list[str] | None = None) -> None:
     node = None
     exit_code = 0
     try:
-        node = SegmentationNode()
+        # Before the node: rclpy prints tracebacks when an executor is made on a context that
+        # Ctrl-C has already shut down, and loading the node takes seconds.
         executor = SingleThreadedExecutor()
+        node = SegmentationNode()
         executor.add_node(node)
         executor.spin()
     except StartupError:
         exit_code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # Ctrl-C during start-up: rclpy shut the context down under the entities being created.
     finally:
+        worker_stopped = node.close() if node is not None else not _inference_thread_running()
+        if not worker_stopped:
+            # The inference thread is still inside a frame, or still loading the model after a
+            # Ctrl-C during start-up. Tearing rcl down under it can deadlock (seen once under launch
+            # on a loaded machine), and the interpreter aborts when it exits under running torch
+            # threads: leave at once.
+            ignore_sigint()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exit_code)
         if node is not None:
-            if not node.close():
-                # Destroying the node under a worker that is still publishing can deadlock in rcl
-                # (seen once under launch on a loaded machine): leave without tearing down.
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(exit_code)
             node.destroy_node()
         rclpy.try_shutdown()
+        ignore_sigint()
     if exit_code:
         raise SystemExit(exit_code)
 

@@ -53,4 +53,4 @@ class TestNanoLaunchWithSyntheticSource(ListenerTestCase):
 class TestNanoLaunchShutdown(unittest.TestCase):
 
     def test_every_process_exits_cleanly_on_sigint(self, proc_info) -> None:
-        launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0, -2])
+        launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0])

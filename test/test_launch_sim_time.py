@@ -74,4 +74,4 @@ class TestNanoLaunchOnSimulatedTime(ListenerTestCase):
 class TestNanoLaunchOnSimulatedTimeShutdown(unittest.TestCase):
 
     def test_every_process_exits_cleanly_on_sigint(self, proc_info) -> None:
-        launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0, -2])
+        launch_testing.asserts.assertExitCodes(proc_info, allowable_exit_codes=[0])

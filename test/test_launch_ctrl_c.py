@@ -1,0 +1,36 @@
+"""Ctrl-C in the terminal of `ros2 launch jetseg_ros nano.launch.py source:=synthetic`: the terminal
+sends SIGINT to the whole process group and launch forwards one more to each process. Both
+processes must still finish cleanly (exit 0, no traceback).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from ros_testing import REPO_ROOT, RosProcess, new_domain_id
+
+pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
+ROS2 = Path(sys.executable).with_name('ros2')
+if not ROS2.exists():
+    pytest.skip('the ros2 command is not installed (ROS 2, or shared/ros-launch)', allow_module_level=True)
+
+
+def test_ctrl_c_in_the_terminal_stops_the_pipeline_cleanly():
+    cmd = [str(ROS2), 'launch', str(REPO_ROOT / 'launch' / 'nano.launch.py'), 'source:=synthetic',
+           'checkpoint:=untrained', 'rate:=15.0']
+    pythonpath = os.pathsep.join([str(REPO_ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+    launch = RosProcess(cmd, new_domain_id(), env_extra={'PYTHONPATH': pythonpath})
+    try:
+        assert launch.wait_for_output('ready:', 120), launch.output
+        assert launch.wait_for_output('publishing synthetic frames', 30), launch.output
+        os.killpg(launch.proc.pid, signal.SIGINT)  # RosProcess starts a session: this is its group
+        rc = launch.wait(60)
+        out = launch.output
+        assert rc == 0, f'ros2 launch exit code {rc}:\n{out}'
+        assert out.count('process has finished cleanly') == 2, out
+        assert 'Traceback' not in out and 'has died' not in out, out
+    finally:
+        launch.stop()
