@@ -5,6 +5,7 @@ processes must still finish cleanly (exit 0, no traceback).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from ros_testing import REPO_ROOT, RosProcess, new_domain_id
 
 pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
-ROS2 = Path(sys.executable).with_name('ros2')
+ROS2 = Path(sys.executable).with_name('ros2')  # the venv's, else a ROS 2 installation's
+if not ROS2.exists():
+    ROS2 = Path(shutil.which('ros2') or ROS2)
 if not ROS2.exists():
     pytest.skip('the ros2 command is not installed (ROS 2, or shared/ros-launch)', allow_module_level=True)
 
