@@ -19,7 +19,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -409,13 +409,17 @@ def main(args: list[str] | None = None) -> int:
     rclpy.init(args=args)
     node = None
     try:
+        # One executor, made first: rclpy.spin_once's global executor is rebuilt after a Ctrl-C
+        # has shut the context down, and rclpy then prints tracebacks for the half-built one.
+        executor = SingleThreadedExecutor()
         node = ImageSource()
+        executor.add_node(node)
         while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.1)
+            executor.spin_once(timeout_sec=0.1)
         # Let the last frames leave the process before the publisher goes away.
         end = time.monotonic() + 0.5
         while rclpy.ok() and time.monotonic() < end:
-            rclpy.spin_once(node, timeout_sec=0.05)
+            executor.spin_once(timeout_sec=0.05)
         return 0
     except SourceError as err:
         return _fail(str(err))
