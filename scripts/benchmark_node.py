@@ -142,7 +142,8 @@ def measure(args: argparse.Namespace) -> dict:
                 next_sample += args.sample_every
             time.sleep(min(0.5, max(0.01, next_sample - now)))
         rss_end, cpu_end = tree_usage(node.proc.pid)
-        rss.append((time.monotonic() - started, rss_end))
+        elapsed = time.monotonic() - started
+        rss.append((elapsed, rss_end))
         lat = recorder.latency
         n = len(lat.total)
         arrivals = lat.arrivals[skip:n]
@@ -161,7 +162,7 @@ def measure(args: argparse.Namespace) -> dict:
             'transport_ms': percentiles(lat.transport[skip:n]),
             'waiting_ms': percentiles(lat.waiting[skip:n]),
             'output_rate_hz': rate, 'frames_in': frames_in,
-            'node_cpu_cores': (cpu_end - cpu_start) / rss[-1][0],
+            'node_cpu_cores': (cpu_end - cpu_start) / elapsed,
             'input_frames_expected': round(args.seconds * args.rate),
             'frames_dropped': int(last.frames_dropped - first_dropped),
             'frames_processed': len(arrivals),

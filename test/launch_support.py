@@ -12,7 +12,7 @@ import launch_testing.actions
 import rclpy
 from launch.actions import IncludeLaunchDescription, SetEnvironmentVariable
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from ros_testing import REPO_ROOT, TRANSPORT_ENV
+from ros_testing import REPO_ROOT, TRANSPORT_ENV, checkout_pythonpath
 
 import launch
 
@@ -20,7 +20,7 @@ import launch
 def nano_launch(domain_id: int, **arguments: str) -> launch.LaunchDescription:
     """This checkout's nano.launch.py with ``arguments`` on its own domain (nodes import this checkout)."""
     env = {**TRANSPORT_ENV, 'ROS_DOMAIN_ID': str(domain_id),
-           'PYTHONPATH': os.pathsep.join([str(REPO_ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p])}
+           'PYTHONPATH': checkout_pythonpath()}
     nano = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(REPO_ROOT / 'launch' / 'nano.launch.py')),
         launch_arguments=arguments.items())

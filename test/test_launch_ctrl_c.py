@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ros_testing import REPO_ROOT, RosProcess, new_domain_id
+from ros_testing import REPO_ROOT, RosProcess, checkout_pythonpath, new_domain_id
 
 pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
 ROS2 = Path(sys.executable).with_name('ros2')  # the venv's, else a ROS 2 installation's
@@ -24,8 +24,7 @@ if not ROS2.exists():
 def test_ctrl_c_in_the_terminal_stops_the_pipeline_cleanly():
     cmd = [str(ROS2), 'launch', str(REPO_ROOT / 'launch' / 'nano.launch.py'), 'source:=synthetic',
            'checkpoint:=untrained', 'rate:=15.0']
-    pythonpath = os.pathsep.join([str(REPO_ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
-    launch = RosProcess(cmd, new_domain_id(), env_extra={'PYTHONPATH': pythonpath})
+    launch = RosProcess(cmd, new_domain_id(), env_extra={'PYTHONPATH': checkout_pythonpath()})
     try:
         assert launch.wait_for_output('ready:', 120), launch.output
         assert launch.wait_for_output('publishing synthetic frames', 30), launch.output
