@@ -325,7 +325,7 @@ class SegmentationNode(Node):
 
         Every torch call runs on that one thread, loading included. A second thread that ever ran
         a parallel op owns a second OpenMP pool; libgomp then counts more threads than cores and
-        stops spinning between ops, which made the nano network 2.2x slower (19 vs 8.5 ms). A
+        stops spinning between ops (with OMP_WAIT_POLICY=ACTIVE: 19 instead of 8.5 ms for nano). A
         daemon thread, so that a start-up cut short by Ctrl-C never holds the process open.
         """
         loaded: Future = Future()
@@ -634,6 +634,12 @@ def _inference_thread_running() -> bool:
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point; exits with status 2 (one log line, no traceback) on a bad configuration."""
+    # A robot's CPU is shared. OpenMP threads that spin-wait between ops collapse when another
+    # process keeps one core busy: the nano node fell from 30 Hz to 1.2 Hz (inference 9 ms ->
+    # 0.5 s) against one busy Python process on 2 cores; passive waiting kept 30 Hz (15 ms).
+    # On a dedicated CPU spinning is faster (9 vs 20 ms): set OMP_WAIT_POLICY yourself.
+    # libgomp reads it when torch loads (on the inference thread, later): the user's value wins.
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     tune_malloc()
     route_sigint_to_rclpy()
     try:
