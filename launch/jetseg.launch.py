@@ -49,6 +49,24 @@ def _is_true(text: str) -> bool:
     return text.strip().lower() in ('1', 'true', 'yes', 'on')
 
 
+def _absolute_topic(name: str, namespace: str) -> str:
+    """The fully qualified name ROS gives ``name`` for a node in ``namespace``."""
+    if name.startswith('/'):
+        return name
+    namespace = namespace.strip('/')
+    return f'/{namespace}/{name}' if namespace else f'/{name}'
+
+
+def rviz_topics(arg: dict[str, str]) -> dict[str, str]:
+    """The topics rviz/jetseg.rviz shows (written for the default arguments) -> this launch's topics.
+
+    Given to rviz2 as remappings, so the view follows image:=, namespace:= and node_name:=.
+    """
+    node = _absolute_topic(arg['node_name'], arg['namespace'])
+    return {'/camera/image_raw': _absolute_topic(arg['image'], arg['namespace']),
+            '/jetseg/overlay': f'{node}/overlay', '/jetseg/color_mask': f'{node}/color_mask'}
+
+
 def _nodes(context: LaunchContext) -> list:
     """Resolve the arguments and build the actions (an OpaqueFunction: empty arguments mean 'unset')."""
     arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
@@ -95,14 +113,17 @@ def _nodes(context: LaunchContext) -> list:
             remappings=[('camera/image_raw', arg['image']), ('camera/camera_info', arg['camera_info'])],
         ))
     if _is_true(arg['rviz']):
+        shown = rviz_topics(arg)
         if shutil.which('rviz2'):
             actions.append(Node(package='rviz2', executable='rviz2', name='rviz2', output='screen',
                                 arguments=['-d', str(share / 'rviz' / 'jetseg.rviz')],
-                                parameters=[{'use_sim_time': sim_time}]))
+                                parameters=[{'use_sim_time': sim_time}],
+                                remappings=[(old, new) for old, new in shown.items() if old != new]))
         else:
             actions.append(LogInfo(msg='rviz:=true but rviz2 is not installed (apt install '
                                        'ros-$ROS_DISTRO-rviz2); starting without it. View the topics '
-                                       '/jetseg/overlay and /jetseg/color_mask with any image viewer.'))
+                                       f"{shown['/jetseg/overlay']} and {shown['/jetseg/color_mask']} "
+                                       'with any image viewer.'))
     return actions
 
 

@@ -11,19 +11,14 @@ That one launch-internal failure is tolerated; any other non-zero exit fails the
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import sys
-from pathlib import Path
 
 import pytest
-from ros_testing import REPO_ROOT, RosProcess, checkout_pythonpath, new_domain_id
+from ros_testing import REPO_ROOT, RosProcess, checkout_pythonpath, new_domain_id, ros2_cli
 
 pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
-ROS2 = Path(sys.executable).with_name('ros2')  # the venv's, else a ROS 2 installation's
-if not ROS2.exists():
-    ROS2 = Path(shutil.which('ros2') or ROS2)
-if not ROS2.exists():
+ROS2 = ros2_cli()
+if ROS2 is None:
     pytest.skip('the ros2 command is not installed (ROS 2, or shared/ros-launch)', allow_module_level=True)
 
 
