@@ -68,11 +68,21 @@ _BAYER_TILE = {
 }
 
 
+# cv_bridge's cv2_to_imgmsg() without an encoding writes these channel-count names, which say
+# nothing about colour order; the fix is on the publisher's side.
+_NAMED_ENCODING_HINT = {'8uc1': 'mono8', '8uc3': 'bgr8', '8uc4': 'bgra8'}
+
+
 def _normalise_encoding(encoding: str) -> str:
     enc = encoding.strip().lower()
     if enc not in _BYTES_PER_PIXEL:
+        hint = ''
+        if enc in _NAMED_ENCODING_HINT:
+            named = _NAMED_ENCODING_HINT[enc]
+            hint = (f"; '{encoding}' gives no colour order: publish with encoding '{named}' "
+                    f"(cv_bridge: cv2_to_imgmsg(image, encoding='{named}')) if that is what it holds")
         raise ImageConversionError(
-            f"unsupported encoding '{encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+            f"unsupported encoding '{encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)}){hint}")
     return enc
 
 

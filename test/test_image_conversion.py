@@ -136,6 +136,7 @@ def test_every_encoding_round_trips_through_rgb_to_image(encoding, decoder):
 @pytest.mark.parametrize(('mutate', 'problem'), [
     (lambda m: setattr(m, 'encoding', '32FC1'), "unsupported encoding '32FC1'"),
     (lambda m: setattr(m, 'encoding', 'jpeg'), 'unsupported encoding'),
+    (lambda m: setattr(m, 'encoding', '8UC3'), "publish with encoding 'bgr8'"),  # cv_bridge's default
     (lambda m: (setattr(m, 'height', 0), setattr(m, 'data', b'')), 'empty image'),
     (lambda m: setattr(m, 'width', 0), 'empty image'),
     (lambda m: setattr(m, 'step', m.width * 3 - 1), 'step'),
