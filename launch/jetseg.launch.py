@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, RegisterEventHandler
+from launch.event_handlers import OnShutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -67,6 +70,30 @@ def rviz_topics(arg: dict[str, str]) -> dict[str, str]:
             '/jetseg/overlay': f'{node}/overlay', '/jetseg/color_mask': f'{node}/color_mask'}
 
 
+def _first_ctrl_c_without_keyboard_interrupt() -> list:
+    """Keep launch's own process from raising KeyboardInterrupt on the first Ctrl-C.
+
+    Launch learns of SIGINT through a wake-up fd and shuts down cleanly, but leaves Python's
+    default handler in place, which raises KeyboardInterrupt wherever launch's main thread is.
+    Landing in asyncio's internals or a weakref callback it lost a task or printed a traceback,
+    and `ros2 launch` exited 1 after both our processes had finished cleanly (2 of 3 CI runs).
+    Launch ignores KeyboardInterrupt by design, so a handler that does nothing changes nothing
+    else: the wake-up fd is still written. The old handler returns at shutdown, so processes
+    that run launch inside them (launch_testing under pytest) get their Ctrl-C back.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        return []  # the embedding program chose its own SIGINT handling: leave it alone
+    if threading.current_thread() is not threading.main_thread():
+        return []  # only the main thread may set handlers
+
+    def restore(_event: object, _context: LaunchContext) -> None:
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, lambda _signum, _frame: None)
+    return [RegisterEventHandler(OnShutdown(on_shutdown=restore))]
+
+
 def _nodes(context: LaunchContext) -> list:
     """Resolve the arguments and build the actions (an OpaqueFunction: empty arguments mean 'unset')."""
     arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
@@ -94,7 +121,7 @@ def _nodes(context: LaunchContext) -> list:
         # What matters is the publisher's setting: our outputs (and our image_source) go out
         # through a big shared-memory segment; any subscriber on this machine receives them.
         env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(transport_profile)
-    actions: list = [Node(
+    actions: list = [*_first_ctrl_c_without_keyboard_interrupt(), Node(
         package=PACKAGE, executable='segmentation_node', name=arg['node_name'],
         namespace=arg['namespace'], output='screen', parameters=params, additional_env=env,
         remappings=[('image', arg['image']), ('camera_info', arg['camera_info'])],
