@@ -178,8 +178,9 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def print_table(r: dict) -> None:
+    threads = f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}"
     print(f"\njetseg node benchmark: {r['profile']} profile ({r['checkpoint']}), {r['input']}, "
-          f"{r['seconds']:g} s, {r['threads']} thread{'s' if r['threads'] != 1 else ''}, {r['qos']} image QoS")
+          f"{r['seconds']:g} s, {threads}, {r['qos']} image QoS")
     print(f"{'':22s}{'p50':>9s}{'p95':>9s}{'mean':>9s}{'max':>9s}")
     for key, label in (('end_to_end_ms', 'end-to-end (ms)'), ('inference_ms', 'inference (ms)'),
                        ('node_overhead_ms', 'node overhead (ms)'), ('preprocess_ms', '  preprocess (ms)'),
