@@ -634,11 +634,12 @@ def _inference_thread_running() -> bool:
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point; exits with status 2 (one log line, no traceback) on a bad configuration."""
-    # A robot's CPU is shared. OpenMP threads that spin-wait between ops collapse when another
-    # process keeps one core busy: the nano node fell from 30 Hz to 1.2 Hz (inference 9 ms ->
-    # 0.5 s) against one busy Python process on 2 cores; passive waiting kept 30 Hz (15 ms).
-    # On a dedicated CPU spinning is faster (9 vs 20 ms): set OMP_WAIT_POLICY yourself.
-    # libgomp reads it when torch loads (on the inference thread, later): the user's value wins.
+    # With more than one inference thread (agx, workstation, or num_threads > 1): a robot's CPU
+    # is shared, and OpenMP threads that spin-wait between ops collapse when another process
+    # keeps one core busy. The nano node on 2 threads fell from 30 Hz to 1.2 Hz (inference 9 ms
+    # -> 0.5 s) against one busy Python process on 2 cores; passive waiting kept 30 Hz. On a
+    # dedicated CPU spinning is faster: set OMP_WAIT_POLICY yourself. libgomp reads it when
+    # torch loads (on the inference thread, later): the user's value wins.
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     tune_malloc()
     route_sigint_to_rclpy()
