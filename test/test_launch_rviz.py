@@ -7,6 +7,7 @@ rviz2 itself (a GUI) is not run here; the second test subscribes, as rviz2's Ima
 from __future__ import annotations
 
 import importlib.util
+import shutil
 
 import pytest
 import yaml
@@ -63,12 +64,17 @@ def test_rviz_remappings_point_at_the_topics_a_renamed_pipeline_publishes():
     assert shown == {'/camera/image_raw': '/robot1/front/image', '/jetseg/overlay': '/robot1/seg/overlay',
                      '/jetseg/color_mask': '/robot1/seg/color_mask'}
     domain = new_domain_id()
+    # Without rviz2 (as here), rviz:=true only logs where to look; with it, a window would open.
+    no_rviz2 = shutil.which('rviz2') is None
     cmd = [str(ros2), 'launch', str(REPO_ROOT / 'launch' / 'nano.launch.py'), 'source:=synthetic',
-           'checkpoint:=untrained', 'rate:=10.0', *(f'{k}:={v}' for k, v in arguments.items())]
+           'checkpoint:=untrained', 'rate:=10.0', *(f'{k}:={v}' for k, v in arguments.items()),
+           *(['rviz:=true'] if no_rviz2 else [])]
     with RosHarness(domain) as harness:
         recorders = {topic: harness.record(topic, Image, BEST_EFFORT) for topic in shown.values()}
         with RosProcess(cmd, domain, env_extra={'PYTHONPATH': checkout_pythonpath()}) as launch:
             assert launch.wait_for_output('ready:', 120), launch.output
+            if no_rviz2:
+                assert 'View the topics /robot1/seg/overlay and /robot1/seg/color_mask' in launch.output
             for topic, recorder in recorders.items():
                 msg = recorder.wait_for_count(1, 60)[-1]
                 assert (msg.width, msg.height) == (640, 480), topic
