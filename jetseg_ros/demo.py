@@ -168,6 +168,13 @@ def source_command(params_file: Path, overrides: dict[str, Any]) -> list[str]:
             *ros_args(overrides)]
 
 
+def ros2_command() -> str | None:
+    """The ros2 command of this Python's environment (a venv set up with shared/ros-launch), else
+    the one on PATH (a ROS 2 installation); None if there is none."""
+    beside = Path(sys.executable).with_name('ros2')
+    return str(beside) if beside.exists() else shutil.which('ros2')
+
+
 def cpu_threads(yaml_value: int) -> int:
     """The profile's thread count, capped at this machine's cores (oversubscription slows torch)."""
     cores = os.cpu_count() or 1
@@ -506,9 +513,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     try:
         if args.use_launch:
-            ros2 = shutil.which('ros2') or str(Path(sys.executable).with_name('ros2'))
-            cmd = [ros2, 'launch', 'jetseg_ros', f'{args.profile}.launch.py', 'source:=synthetic',
-                   f'rate:={args.rate}', f'num_frames:={args.frames}', f'checkpoint:={args.checkpoint}']
+            cmd = [ros2_command() or 'ros2', 'launch', 'jetseg_ros', f'{args.profile}.launch.py',
+                   'source:=synthetic', f'rate:={args.rate}', f'num_frames:={args.frames}',
+                   f'checkpoint:={args.checkpoint}']
             children.append(Child.start('ros2_launch', cmd, ros_env(args.domain_id), out / 'logs'))
         else:
             overrides = {'checkpoint': args.checkpoint, 'num_threads': threads, 'qos_reliability': args.qos}

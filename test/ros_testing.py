@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -84,15 +83,6 @@ _domain_counter = itertools.count()
 def checkout_pythonpath() -> str:
     """PYTHONPATH that makes installed executables (ros2 launch's nodes) import this checkout first."""
     return os.pathsep.join([str(REPO_ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
-
-
-def ros2_cli() -> Path | None:
-    """The ros2 command: the venv's (shared/ros-launch), else a ROS 2 installation's; None if absent."""
-    venv_ros2 = Path(sys.executable).with_name('ros2')
-    if venv_ros2.exists():
-        return venv_ros2
-    found = shutil.which('ros2')
-    return Path(found) if found else None
 
 
 def new_domain_id() -> int:

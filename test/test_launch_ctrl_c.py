@@ -11,16 +11,18 @@ import os
 import signal
 
 import pytest
-from ros_testing import REPO_ROOT, RosProcess, checkout_pythonpath, new_domain_id, ros2_cli
+from ros_testing import REPO_ROOT, RosProcess, checkout_pythonpath, new_domain_id
+
+from jetseg_ros.demo import ros2_command
 
 pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
-ROS2 = ros2_cli()
+ROS2 = ros2_command()
 if ROS2 is None:
     pytest.skip('the ros2 command is not installed (ROS 2, or shared/ros-launch)', allow_module_level=True)
 
 
 def test_ctrl_c_in_the_terminal_stops_the_pipeline_cleanly():
-    cmd = [str(ROS2), 'launch', str(REPO_ROOT / 'launch' / 'nano.launch.py'), 'source:=synthetic',
+    cmd = [ROS2, 'launch', str(REPO_ROOT / 'launch' / 'nano.launch.py'), 'source:=synthetic',
            'checkpoint:=untrained', 'rate:=15.0']
     launch = RosProcess(cmd, new_domain_id(), env_extra={'PYTHONPATH': checkout_pythonpath()})
     try:

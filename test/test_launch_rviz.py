@@ -18,9 +18,10 @@ from ros_testing import (
     RosProcess,
     checkout_pythonpath,
     new_domain_id,
-    ros2_cli,
-)
+    )
 from sensor_msgs.msg import Image
+
+from jetseg_ros.demo import ros2_command
 
 pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
 
@@ -56,7 +57,7 @@ def test_rviz_config_shows_the_default_launch_topics():
 
 
 def test_rviz_remappings_point_at_the_topics_a_renamed_pipeline_publishes():
-    ros2 = ros2_cli()
+    ros2 = ros2_command()
     if ros2 is None:
         pytest.skip('the ros2 command is not installed (ROS 2, or shared/ros-launch)')
     arguments = {'namespace': 'robot1', 'node_name': 'seg', 'image': 'front/image'}
@@ -66,7 +67,7 @@ def test_rviz_remappings_point_at_the_topics_a_renamed_pipeline_publishes():
     domain = new_domain_id()
     # Without rviz2 (as here), rviz:=true only logs where to look; with it, a window would open.
     no_rviz2 = shutil.which('rviz2') is None
-    cmd = [str(ros2), 'launch', str(REPO_ROOT / 'launch' / 'nano.launch.py'), 'source:=synthetic',
+    cmd = [ros2, 'launch', str(REPO_ROOT / 'launch' / 'nano.launch.py'), 'source:=synthetic',
            'checkpoint:=untrained', 'rate:=10.0', *(f'{k}:={v}' for k, v in arguments.items()),
            *(['rviz:=true'] if no_rviz2 else [])]
     with RosHarness(domain) as harness:
