@@ -514,8 +514,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if args.use_launch:
             cmd = [ros2_command() or 'ros2', 'launch', 'jetseg_ros', f'{args.profile}.launch.py',
-                   'source:=synthetic', f'rate:={args.rate}', f'num_frames:={args.frames}',
-                   f'checkpoint:={args.checkpoint}']
+                   'source:=synthetic', f'rate:={args.rate}', f'num_frames:={args.frames}']
+            if args.checkpoint:  # ros2 launch rejects 'checkpoint:='; unset, it means the shipped weights
+                cmd.append(f'checkpoint:={args.checkpoint}')
             children.append(Child.start('ros2_launch', cmd, ros_env(args.domain_id), out / 'logs'))
         else:
             overrides = {'checkpoint': args.checkpoint, 'num_threads': threads, 'qos_reliability': args.qos}

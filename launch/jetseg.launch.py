@@ -136,7 +136,10 @@ def _nodes(context: LaunchContext) -> list:
             namespace=arg['namespace'], output='screen', additional_env=env,
             parameters=[str(share / 'config' / f'{profile}.yaml'), {
                 'source': arg['source'], 'path': arg['source_path'], 'rate': float(arg['rate']),
-                'num_frames': int(arg['num_frames']), 'use_sim_time': sim_time}],
+                'num_frames': int(arg['num_frames']), 'use_sim_time': sim_time,
+                # Start the replay once the node listens (it subscribes after loading the model):
+                # earlier frames would be lost, and a short num_frames run would show nothing.
+                'wait_for_subscribers': 1}],
             remappings=[('camera/image_raw', arg['image']), ('camera/camera_info', arg['camera_info'])],
         ))
     if _is_true(arg['rviz']):

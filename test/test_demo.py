@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 from ros_testing import REPO_ROOT
 
@@ -61,3 +62,13 @@ def test_demo_rejects_a_missing_checkpoint_file_with_exit_2(tmp_path: Path) -> N
     result = run_demo('--checkpoint', str(tmp_path / 'nope.safetensors'), timeout=60)
     assert result.returncode == 2
     assert 'nope.safetensors' in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_demo_through_ros2_launch_with_the_shipped_weights(tmp_path: Path) -> None:
+    pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
+    out = tmp_path / 'demo'
+    result = run_demo('--use-launch', '--frames', '20', '--save-every', '5', '--output', str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'shipped nano weights' in result.stdout
+    assert sorted((out / 'frames').glob('overlay_*.png')), 'no overlay frame saved'
+    assert json.loads((out / 'summary.json').read_text())['frames_processed'] > 0
