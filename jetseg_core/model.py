@@ -152,6 +152,14 @@ class JetSeg(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.coarse_logits(x), size=x.shape[-2:], mode='bilinear', align_corners=False)
+
+    def coarse_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits before the final upsampling, at 1/decoder_stride of the input size.
+
+        Inference decides classes from these (:func:`jetseg_core.inference.upsampled_labels`) and never
+        builds the full-size C-channel logits.
+        """
         if not _is_exporting():
             if x.dim() != 4 or x.shape[1] != 3:
                 raise ValueError(f'JetSeg expects an N x 3 x H x W tensor, got shape {tuple(x.shape)}')
@@ -159,8 +167,7 @@ class JetSeg(nn.Module):
                 raise ValueError(f'JetSeg input must be at least {MIN_INPUT_SIDE}x{MIN_INPUT_SIDE} pixels, '
                                  f'got {x.shape[-2]}x{x.shape[-1]}')
         feats = self.encoder(x)
-        logits = self.decoder(feats[self._shallow_index], feats[2], feats[3])
-        return F.interpolate(logits, size=x.shape[-2:], mode='bilinear', align_corners=False)
+        return self.decoder(feats[self._shallow_index], feats[2], feats[3])
 
 
 def build_from_profile(settings: JetSegProfile, num_classes: int, activation: str = 'reu') -> JetSeg:

@@ -7,12 +7,13 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from jetseg_core.benchmark import main as benchmark_main
 from jetseg_core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from jetseg_core.export import export_model
 from jetseg_core.export import main as export_main
-from jetseg_core.inference import Segmentation, Segmenter
+from jetseg_core.inference import Segmentation, Segmenter, upsampled_labels
 from jetseg_core.model import build_model
 from jetseg_core.palettes import CAMVID11
 
@@ -85,6 +86,41 @@ def test_labels_are_the_argmax_of_the_network_at_network_size(segmenter, calibra
     assert clear.float().mean() > 0.95
     assert np.array_equal(labels[clear.numpy()], expected[clear.numpy()])
     assert len(np.unique(labels)) >= 5
+
+
+def _coarse_logits(n: int, c: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """Smooth class regions (a few large blobs per class) plus noise, in channels_last like the network's."""
+    gen = torch.Generator().manual_seed(seed)
+    blobs = torch.randn(n, c, max(h // 6, 2), max(w // 6, 2), generator=gen) * 4
+    smooth = F.interpolate(blobs, size=(h, w), mode='bilinear', align_corners=False)
+    noisy = smooth + 0.3 * torch.randn(n, c, h, w, generator=gen)
+    return noisy.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('factor', [2, 4, 8])
+@pytest.mark.parametrize('noise_only', [False, True])
+def test_upsampled_labels_equal_the_argmax_of_the_upsampled_logits(factor, noise_only):
+    coarse = _coarse_logits(2, 11, 15, 21, seed=factor)  # batch of two, odd coarse sides
+    if noise_only:  # every cell mixed: all pixels go through the interpolation path
+        coarse = torch.randn(coarse.shape, generator=torch.Generator().manual_seed(1))
+    size = (15 * factor, 21 * factor)
+    full = F.interpolate(coarse, size=size, mode='bilinear', align_corners=False)
+    top2 = full.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4  # float rounding can only flip near-ties
+    expected = full.argmax(1)
+    labels = upsampled_labels(coarse, size)
+    assert labels.shape == (2, *size) and labels.dtype == torch.uint8
+    assert clear.float().mean() > 0.99
+    assert torch.equal(labels[clear].long(), expected[clear])
+    if not noise_only:  # the shortcut was taken somewhere, and boundaries were refined elsewhere
+        assert len(torch.unique(expected)) >= 5
+
+
+@pytest.mark.parametrize('size', [(15, 21), (45, 63), (31, 42), (10, 14)])
+def test_upsampled_labels_at_other_sizes_fall_back_to_full_upsampling(size):
+    coarse = _coarse_logits(1, 5, 15, 21, seed=3)  # same size, odd factor 3, uneven, smaller
+    full = F.interpolate(coarse, size=size, mode='bilinear', align_corners=False)
+    assert torch.equal(upsampled_labels(coarse, size).long(), full.argmax(1))
 
 
 def test_output_size_and_probabilities(segmenter):
