@@ -88,6 +88,12 @@ def yaml_parameters(path: Path) -> dict[str, Any]:
     return dict((data.get('/**') or {}).get('ros__parameters') or {})
 
 
+def child_pythonpath() -> str:
+    """PYTHONPATH that makes child processes (also those ``ros2 launch`` starts) import this
+    jetseg_ros, a checkout or an installed copy, first; then any PYTHONPATH already set."""
+    return os.pathsep.join([str(PACKAGE_ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+
+
 def ros_env(domain_id: int, **extra: str) -> dict[str, str]:
     """Environment for a child on its own domain, with transports that carry camera-sized images."""
     env = use_transport_env(dict(os.environ))
@@ -95,7 +101,7 @@ def ros_env(domain_id: int, **extra: str) -> dict[str, str]:
     env['PYTHONUNBUFFERED'] = '1'
     env['RCUTILS_COLORIZED_OUTPUT'] = '0'
     # The children import the same jetseg_ros as this process, installed or from a checkout.
-    env['PYTHONPATH'] = os.pathsep.join([str(PACKAGE_ROOT)] + [p for p in [env.get('PYTHONPATH')] if p])
+    env['PYTHONPATH'] = child_pythonpath()
     env.pop('ROS_LOCALHOST_ONLY', None)
     env.update(extra)
     return env

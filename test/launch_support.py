@@ -12,15 +12,16 @@ import launch_testing.actions
 import rclpy
 from launch.actions import IncludeLaunchDescription, SetEnvironmentVariable
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from ros_testing import REPO_ROOT, TRANSPORT_ENV, checkout_pythonpath
+from ros_testing import REPO_ROOT, TRANSPORT_ENV
 
 import launch
+from jetseg_ros.demo import child_pythonpath
 
 
 def nano_launch(domain_id: int, **arguments: str) -> launch.LaunchDescription:
     """This checkout's nano.launch.py with ``arguments`` on its own domain (nodes import this checkout)."""
     env = {**TRANSPORT_ENV, 'ROS_DOMAIN_ID': str(domain_id),
-           'PYTHONPATH': checkout_pythonpath()}
+           'PYTHONPATH': child_pythonpath()}
     nano = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(str(REPO_ROOT / 'launch' / 'nano.launch.py')),
         launch_arguments=arguments.items())

@@ -44,8 +44,6 @@ API (import with ``from ros_testing import ...`` from a test in test/):
 ``start_segmentation_node(domain_id, params=None, remaps=None, name=None) -> RosProcess``
     The JetSeg node from the source tree; ``wait_until_ready(proc, timeout)`` waits for its
     start-up line (AssertionError with the output if it exits first).
-``checkout_pythonpath() -> str``
-    This checkout, then any PYTHONPATH already set: for executables started by ``ros2 launch``.
 ``wait_until(predicate, timeout, interval=0.05) -> bool``
     Polls a cheap predicate (for things with no event to wait on).
 """
@@ -78,11 +76,6 @@ TRANSPORT_ENV = {
 os.environ.update(TRANSPORT_ENV)
 
 _domain_counter = itertools.count()
-
-
-def checkout_pythonpath() -> str:
-    """PYTHONPATH that makes installed executables (ros2 launch's nodes) import this checkout first."""
-    return os.pathsep.join([str(REPO_ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
 
 
 def new_domain_id() -> int:

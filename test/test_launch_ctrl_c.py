@@ -11,9 +11,9 @@ import os
 import signal
 
 import pytest
-from ros_testing import REPO_ROOT, RosProcess, checkout_pythonpath, new_domain_id
+from ros_testing import REPO_ROOT, RosProcess, new_domain_id
 
-from jetseg_ros.demo import ros2_command
+from jetseg_ros.demo import child_pythonpath, ros2_command
 
 pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
 ROS2 = ros2_command()
@@ -24,7 +24,7 @@ if ROS2 is None:
 def test_ctrl_c_in_the_terminal_stops_the_pipeline_cleanly():
     cmd = [ROS2, 'launch', str(REPO_ROOT / 'launch' / 'nano.launch.py'), 'source:=synthetic',
            'checkpoint:=untrained', 'rate:=15.0']
-    launch = RosProcess(cmd, new_domain_id(), env_extra={'PYTHONPATH': checkout_pythonpath()})
+    launch = RosProcess(cmd, new_domain_id(), env_extra={'PYTHONPATH': child_pythonpath()})
     try:
         assert launch.wait_for_output('ready:', 120), launch.output
         assert launch.wait_for_output('publishing synthetic frames', 30), launch.output

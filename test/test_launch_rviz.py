@@ -16,12 +16,11 @@ from ros_testing import (
     REPO_ROOT,
     RosHarness,
     RosProcess,
-    checkout_pythonpath,
     new_domain_id,
     )
 from sensor_msgs.msg import Image
 
-from jetseg_ros.demo import ros2_command
+from jetseg_ros.demo import child_pythonpath, ros2_command
 
 pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
 
@@ -72,7 +71,7 @@ def test_rviz_remappings_point_at_the_topics_a_renamed_pipeline_publishes():
            *(['rviz:=true'] if no_rviz2 else [])]
     with RosHarness(domain) as harness:
         recorders = {topic: harness.record(topic, Image, BEST_EFFORT) for topic in shown.values()}
-        with RosProcess(cmd, domain, env_extra={'PYTHONPATH': checkout_pythonpath()}) as launch:
+        with RosProcess(cmd, domain, env_extra={'PYTHONPATH': child_pythonpath()}) as launch:
             assert launch.wait_for_output('ready:', 120), launch.output
             if no_rviz2:
                 assert 'View the topics /robot1/seg/overlay and /robot1/seg/color_mask' in launch.output
