@@ -3,7 +3,12 @@
 Shared machines are noisy, so the variants run interleaved (one frame each, in a
 rotating order) inside one process, and the table reports medians, p95 and the
 ratio of medians to the naive eager loop. Every timing is end to end for one
-uint8 frame: preprocessing, network, argmax and resize back to the frame size.
+uint8 frame: preprocessing, network, argmax and resize back to the frame size; for the
+Segmenter variants the table also splits out preprocess, network and postprocess.
+
+Back to back, each frame finds the caches warm from the one before. A node fed by a camera
+idles between frames and starts each one cold: ``--gap-ms 15`` (about a 30 Hz camera with
+the nano network) idles that long before every timed frame to show what the node sees.
 
 Variants:
   eager      the loop one would write first: no_grad, BN unfolded, NCHW, argmax
@@ -78,7 +83,7 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, int] | None, threads: list[int],
                   iterations: int, warmup: int, variants: list[str], checkpoint: str, device: str,
-                  out=None) -> dict[tuple[int, str], list[float]]:
+                  gap_ms: float = 0.0, out=None) -> dict[tuple[int, str], list[float]]:
     """Time the variants interleaved; print the table; return raw times (ms) per (threads, variant)."""
     out = out or sys.stdout
     model, meta = resolve_checkpoint(checkpoint, profile)
@@ -104,14 +109,15 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
     h, w = meta.input_size
     print(f'JetSeg {profile} ({meta.num_classes} classes), network {h}x{w}, frame '
           f'{frame_size[0]}x{frame_size[1]}, device {dev}, torch {torch.__version__}, '
-          f'{iterations} interleaved frames per variant', file=out)
+          f'{iterations} interleaved frames per variant'
+          + (f', {gap_ms:g} ms idle before each' if gap_ms > 0 else ', back to back'), file=out)
     # Context that moves the figures most on a shared CPU: other load, and OpenMP spin-waiting
     # (with 2 threads on 2 cores, OMP_WAIT_POLICY=PASSIVE was ~3x faster when other processes
     # were busy, and 2.3x slower on an otherwise idle machine).
     print(f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, '
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}", file=out)
     times: dict[tuple[int, str], list[float]] = {}
-    model_ms: dict[tuple[int, str], list[float]] = {}
+    stage_ms: dict[tuple[int, str], list[tuple[float, float, float]]] = {}  # pre, network, post
     reference = None
     for t in threads:
         torch.set_num_threads(t)
@@ -121,11 +127,14 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
         for i in range(iterations):
             order = variants[i % len(variants):] + variants[:i % len(variants)]  # rotate: no fixed slot
             for name in order:
+                if gap_ms > 0:
+                    time.sleep(gap_ms / 1000.0)
                 if name in segmenters:
                     t0 = time.perf_counter()
                     result = segmenters[name].segment(frame)
                     times.setdefault((t, name), []).append((time.perf_counter() - t0) * 1000.0)
-                    model_ms.setdefault((t, name), []).append(result.inference_ms)
+                    stage_ms.setdefault((t, name), []).append(
+                        (result.preprocess_ms, result.inference_ms, result.postprocess_ms))
                 else:
                     t0 = time.perf_counter()
                     runners[name](frame)
@@ -134,15 +143,18 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
             reference = runners[variants[0]](frame)
     agree = {name: float((fn(frame) == reference).mean()) for name, fn in runners.items()}
 
-    print(f'{"threads":>7}  {"variant":<10} {"p50 ms":>8} {"p95 ms":>8} {"FPS":>7} {"net p50":>8} '
-          f'{"vs " + variants[0]:>9}  {"labels=":>7}', file=out)
+    print(f'{"threads":>7}  {"variant":<10} {"p50 ms":>8} {"p95 ms":>8} {"FPS":>7} {"pre p50":>8} '
+          f'{"net p50":>8} {"post p50":>8} {"vs " + variants[0]:>9}  {"labels=":>7}', file=out)
     for t in threads:
         base = float(np.median(times[(t, variants[0])]))
         for name in variants:
             v = times[(t, name)]
             p50 = float(np.median(v))
-            net = f'{np.median(model_ms[(t, name)]):8.1f}' if (t, name) in model_ms else f'{"-":>8}'
-            print(f'{t:>7}  {name:<10} {p50:8.1f} {_percentile(v, 95):8.1f} {1000.0 / p50:7.1f} {net} '
+            if (t, name) in stage_ms:
+                stages = ' '.join(f'{m:8.2f}' for m in np.median(np.asarray(stage_ms[(t, name)]), axis=0))
+            else:
+                stages = ' '.join([f'{"-":>8}'] * 3)
+            print(f'{t:>7}  {name:<10} {p50:8.1f} {_percentile(v, 95):8.1f} {1000.0 / p50:7.1f} {stages} '
                   f'{base / p50:8.2f}x  {agree[name]:7.2%}', file=out)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(f'peak RSS {rss_mb:.0f} MiB; ratio = {variants[0]} median / variant median (higher is faster); '
@@ -167,12 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--checkpoint', default='untrained',
                         help="'untrained' (default), '' for the shipped weights, or a checkpoint file")
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda', 'auto'))
+    parser.add_argument('--gap-ms', type=float, default=0.0,
+                        help='idle this long before each timed frame, as a node does between camera '
+                             'frames (default 0: back to back)')
     parser.add_argument('--tune-malloc', action='store_true',
                         help='glibc mallopt: keep freed buffers instead of unmapping them every frame')
     try:
         args = parser.parse_args(argv)
-        if args.iterations < 1 or args.warmup < 0:
-            parser.error('--iterations must be >= 1 and --warmup >= 0')
+        if args.iterations < 1 or args.warmup < 0 or args.gap_ms < 0:
+            parser.error('--iterations must be >= 1, --warmup and --gap-ms >= 0')
     except UsageError as exc:
         return usage_error(parser.prog, exc)
     if args.tune_malloc and not tune_malloc():
@@ -180,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     try:
         run_benchmark(args.profile, args.size, args.frame_size, args.threads, args.iterations,
-                      args.warmup, args.variants, args.checkpoint, args.device)
+                      args.warmup, args.variants, args.checkpoint, args.device, args.gap_ms)
     except (CheckpointError, ValueError) as exc:
         return usage_error(parser.prog, exc)
     return 0

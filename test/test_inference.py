@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 import zipfile
 
 import numpy as np
@@ -337,9 +338,28 @@ def test_benchmark_cli_prints_a_row_per_variant(capsys):
         torch.set_num_threads(before)
     out = capsys.readouterr().out
     assert code == 0
-    for variant in ('eager', 'unfolded', 'folded', 'rewritten', 'graph'):
-        assert f'  {variant} ' in out
-    assert 'peak RSS' in out and 'network 64x96' in out
+    rows = {line.split()[1]: line.split() for line in out.splitlines() if line.startswith('      1  ')}
+    assert sorted(rows) == sorted(('eager', 'unfolded', 'folded', 'rewritten', 'graph'))
+    assert rows['eager'][5:8] == ['-', '-', '-']  # the plain loop has no stage timings
+    for variant in ('unfolded', 'folded', 'rewritten', 'graph'):  # pre, network, post (ms) sum to the total
+        pre, net, post = (float(v) for v in rows[variant][5:8])
+        assert 0 < net and 0 <= pre and 0 <= post and pre + net + post <= float(rows[variant][3]) * 1.5
+    assert 'peak RSS' in out and 'network 64x96' in out and 'back to back' in out
     assert benchmark_main(['--profile', 'nope', '--iterations', '1']) == 2
     assert 'nope' in capsys.readouterr().err
     assert benchmark_main(['--size', '10x10']) == 2
+    assert benchmark_main(['--gap-ms', '-1']) == 2
+
+
+def test_benchmark_gap_idles_before_each_timed_frame(capsys):
+    before = torch.get_num_threads()
+    try:
+        started = time.perf_counter()
+        code = benchmark_main(['--size', '64x96', '--iterations', '4', '--warmup', '0', '--threads', '1',
+                               '--variants', 'graph,folded', '--gap-ms', '100'])
+        elapsed = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0
+    assert '100 ms idle before each' in capsys.readouterr().out
+    assert elapsed >= 8 * 0.1  # 4 timed frames for each of the 2 variants
