@@ -352,14 +352,18 @@ def test_benchmark_cli_prints_a_row_per_variant(capsys):
 
 
 def test_benchmark_gap_idles_before_each_timed_frame(capsys):
+    args = ['--size', '64x96', '--iterations', '4', '--warmup', '0', '--threads', '1',
+            '--variants', 'graph,folded']
     before = torch.get_num_threads()
-    try:
+
+    def seconds(gap_ms: int) -> float:
         started = time.perf_counter()
-        code = benchmark_main(['--size', '64x96', '--iterations', '4', '--warmup', '0', '--threads', '1',
-                               '--variants', 'graph,folded', '--gap-ms', '100'])
-        elapsed = time.perf_counter() - started
+        assert benchmark_main([*args, '--gap-ms', str(gap_ms)]) == 0
+        return time.perf_counter() - started
+
+    try:
+        back_to_back, paced = seconds(0), seconds(300)
     finally:
         torch.set_num_threads(before)
-    assert code == 0
-    assert '100 ms idle before each' in capsys.readouterr().out
-    assert elapsed >= 8 * 0.1  # 4 timed frames for each of the 2 variants
+    assert '300 ms idle before each' in capsys.readouterr().out
+    assert paced - back_to_back >= 0.75 * 8 * 0.3  # 4 timed frames for each of the 2 variants
