@@ -2,19 +2,21 @@
 
 - BatchNorm folded into the preceding convolution: one conv with bias instead of conv + BN;
 - for CPU (:func:`rewrite_for_cpu`): grouped 1x1 convolutions made dense (block-diagonal
-  weights), each JetBlock's channel shuffle folded into the expand conv's output order, and
-  width-dilated depthwise convs undilated: kernels PyTorch's CPU backend runs much faster.
+  weights), each JetBlock's channel shuffle folded into the expand conv's output order,
+  width-dilated depthwise convs undilated, and the activations' exp computed as exp2: kernels
+  PyTorch's CPU backend runs much faster.
 """
 from __future__ import annotations
 
 import copy
 import itertools
+import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from jetseg_core.layers import ChannelShuffle, JetBlock
+from jetseg_core.layers import REU, ChannelShuffle, JetBlock, TanhExp
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -151,6 +153,42 @@ def undilate_horizontal_depthwise(model: nn.Module) -> nn.Module:
     return _replace_convs(model, _undilated_horizontal)
 
 
+_LOG2_E = 1.0 / math.log(2.0)
+
+
+class REUExp2(nn.Module):
+    """:class:`~jetseg_core.layers.REU` with exp(x) computed as 2^(x log2 e)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.exp2(torch.clamp(x * _LOG2_E, max=0.0))
+
+
+class TanhExpExp2(nn.Module):
+    """:class:`~jetseg_core.layers.TanhExp` with exp(x) computed as 2^(x log2 e)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.tanh(torch.exp2(torch.clamp(x * _LOG2_E, max=10.0 * _LOG2_E)))
+
+
+def exp2_activations(model: nn.Module) -> nn.Module:
+    """Replace every REU and TanhExp of ``model`` (in place) by the same function computed with exp2.
+
+    On CPU torch.exp is 3.6x slower than torch.exp2 (here, one thread, a 72x60x80 float tensor:
+    360 vs 99 us), and REU's exp took ~12 % of the nano network's time. The
+    values agree to ~1e-6 relative: the nano network runs 0.8-1.1 ms (7-10 %) faster per frame, and its
+    labels differ at about one pixel of a 640x480 frame, where two classes tie.
+    """
+    swaps = {REU: REUExp2, TanhExp: TanhExpExp2}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) in swaps:
+                setattr(parent, name, swaps[type(child)]())
+    return model
+
+
 def rewrite_for_cpu(model: nn.Module) -> nn.Module:
     """All the CPU rewrites above, in place, on a BN-folded model (the shuffle fold needs it)."""
-    return undilate_horizontal_depthwise(fold_channel_shuffle(densify_grouped_pointwise(model)))
+    for rewrite in (densify_grouped_pointwise, fold_channel_shuffle, undilate_horizontal_depthwise,
+                    exp2_activations):
+        rewrite(model)
+    return model

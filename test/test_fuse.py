@@ -6,13 +6,15 @@ import torch
 from torch import nn
 
 from jetseg_core.fuse import (
+    REUExp2,
     densify_grouped_pointwise,
+    exp2_activations,
     fold_batchnorm,
     fold_channel_shuffle,
     rewrite_for_cpu,
     undilate_horizontal_depthwise,
 )
-from jetseg_core.layers import ChannelShuffle
+from jetseg_core.layers import REU, ChannelShuffle, TanhExp
 from jetseg_core.model import build_model
 from jetseg_core.profiles import PROFILES
 
@@ -95,7 +97,8 @@ def test_cpu_rewrites_give_the_same_logits(profile: str) -> None:
     assert any(isinstance(m, ChannelShuffle) and m.groups > 1 for m in folded.modules())
     rewritten = rewrite_for_cpu(fold_batchnorm(model))
     assert _grouped_pointwise(rewritten) == 0 and _width_dilated(rewritten) == 0
-    assert not any(isinstance(m, ChannelShuffle) for m in rewritten.modules())
+    assert not any(isinstance(m, ChannelShuffle | REU) for m in rewritten.modules())
+    assert any(isinstance(m, REUExp2) for m in rewritten.modules())
     x = torch.randn(2, 3, 97, 131)
     with torch.no_grad():
         ref, out = folded(x), rewritten(x)
@@ -132,3 +135,17 @@ def test_undilated_conv_holds_the_taps_with_zeros_between() -> None:
     x = torch.randn(1, 4, 7, 11)
     with torch.no_grad():
         assert torch.allclose(plain(x), conv(x), atol=1e-6)
+
+
+@pytest.mark.parametrize('activation', [REU, TanhExp])
+def test_exp2_activations_compute_the_same_function(activation: type) -> None:
+    holder = nn.Sequential(nn.Identity(), activation())
+    exp2_activations(holder)
+    assert not isinstance(holder[1], activation) and isinstance(holder[0], nn.Identity)
+    x = torch.cat([torch.linspace(-120.0, 60.0, 100_001), torch.tensor([0.0, -0.0, 1e-30, -1e-30])])
+    ref, out = activation()(x), holder[1](x)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, ref, rtol=1e-5, atol=1e-30)
+    x.requires_grad_(True)
+    holder[1](x).sum().backward()  # still differentiable, with finite gradients everywhere
+    assert torch.isfinite(x.grad).all()
