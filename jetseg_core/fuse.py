@@ -174,9 +174,9 @@ def exp2_activations(model: nn.Module) -> nn.Module:
     """Replace every REU and TanhExp of ``model`` (in place) by the same function computed with exp2.
 
     On CPU torch.exp is 3x slower than torch.exp2 (here, one thread, a 72x60x80 float tensor:
-    291 vs 98 us), and REU's exp took ~12 % of the nano network's time. The
-    values agree to ~1e-6 relative: the nano network runs 0.8-1.1 ms (7-10 %) faster per frame, and its
-    labels differ at about one pixel of a 640x480 frame, where two classes tie.
+    291 vs 98 us), and REU's exp took ~12 % of the nano network's time. The values agree to
+    ~1e-6 relative: the nano network runs 0.8-1.1 ms (7-10 %) faster per frame, and its labels
+    differ at about one pixel of a 640x480 frame, where two classes tie.
     """
     swaps = {REU: REUExp2, TanhExp: TanhExpExp2}
     for parent in list(model.modules()):
