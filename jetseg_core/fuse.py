@@ -62,14 +62,19 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return folded
 
 
-def _replace_convs(model: nn.Module, rebuild: Callable[[nn.Conv2d], nn.Conv2d | None]) -> nn.Module:
-    """Swap (in place) every Conv2d for which ``rebuild`` returns a replacement."""
+def _replace_modules(model: nn.Module, rebuild: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
+    """Swap (in place) every submodule for which ``rebuild`` returns a replacement."""
     for parent in list(model.modules()):
-        for name, conv in list(parent.named_children()):
-            new = rebuild(conv) if isinstance(conv, nn.Conv2d) else None
+        for name, child in list(parent.named_children()):
+            new = rebuild(child)
             if new is not None:
                 setattr(parent, name, new)
     return model
+
+
+def _replace_convs(model: nn.Module, rebuild: Callable[[nn.Conv2d], nn.Conv2d | None]) -> nn.Module:
+    """Swap (in place) every Conv2d for which ``rebuild`` returns a replacement."""
+    return _replace_modules(model, lambda m: rebuild(m) if isinstance(m, nn.Conv2d) else None)
 
 
 def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, groups: int) -> nn.Conv2d:
@@ -186,11 +191,7 @@ def exp2_activations(model: nn.Module) -> nn.Module:
     differ at about one pixel of a 640x480 frame, where two classes tie.
     """
     swaps = {REU: REUExp2, TanhExp: TanhExpExp2}
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) in swaps:
-                setattr(parent, name, swaps[type(child)]())
-    return model
+    return _replace_modules(model, lambda m: swaps[type(m)]() if type(m) in swaps else None)
 
 
 def rewrite_for_cpu(model: nn.Module) -> nn.Module:

@@ -17,7 +17,7 @@ from ros_testing import (
     RosHarness,
     RosProcess,
     new_domain_id,
-    )
+)
 from sensor_msgs.msg import Image
 
 from jetseg_ros.demo import child_pythonpath, ros2_command
