@@ -191,6 +191,7 @@ def test_torchscript_graph_gives_the_same_numbers_as_eager_pytorch(calibrated):
     for a, b in zip(graph.segment_batch(frames), eager.segment_batch(frames), strict=True):
         assert np.array_equal(a.labels, b.labels)
     assert graph._graph is not None and eager._graph is None
+    assert isinstance(graph._labels_of, torch.jit.ScriptFunction)  # the class decision is compiled too
 
 
 def test_batch_matches_single_frames_of_mixed_sizes(segmenter):
@@ -221,14 +222,19 @@ def test_non_contiguous_frames_are_accepted(segmenter):
                           segmenter.segment(np.ascontiguousarray(rgb_view)).labels)
 
 
-def test_labels_are_upsampled_by_nearest_neighbour(segmenter):
+@pytest.mark.parametrize('factors', [(2, 2), (3, 4), (1, 8), (4, 1), (2, 3), (1.5, 2.5)])
+def test_labels_are_upsampled_by_pixel_centre_nearest_neighbour(segmenter, factors):
+    # Whole factors with 1, 2, 4 or 8 columns per label take the byte-replicating path; 3 and
+    # fractions take the index path. Both must give the pixel-centre nearest neighbour.
     img = _image(*NET, seed=6)
     small = segmenter.segment(img).labels
-    double = segmenter.segment(img, output_size=(2 * NET[0], 2 * NET[1])).labels
-    assert np.array_equal(double, small.repeat(2, axis=0).repeat(2, axis=1))
-    odd = segmenter.segment(img, output_size=(250, 333)).labels
-    assert odd[0, 0] == small[0, 0] and odd[-1, -1] == small[-1, -1]
-    assert set(np.unique(odd)) <= set(np.unique(small))
+    size = (int(NET[0] * factors[0]), int(NET[1] * factors[1]))
+    rows = ((np.arange(size[0]) + 0.5) * NET[0] / size[0]).astype(int)
+    cols = ((np.arange(size[1]) + 0.5) * NET[1] / size[1]).astype(int)
+    labels = segmenter.segment(img, output_size=size).labels
+    assert labels.shape == size and labels.dtype == np.uint8 and labels.flags.c_contiguous
+    assert np.array_equal(labels, small[rows[:, None], cols[None, :]])
+    assert len(np.unique(small)) >= 5
 
 
 def _twice(labels: np.ndarray) -> np.ndarray:
