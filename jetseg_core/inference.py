@@ -253,6 +253,10 @@ class Segmenter:
         # (x / 255 - mean) / std == x * scale + shift
         self._scale = (1.0 / (255.0 * std)).to(self._device, self._dtype)
         self._shift = (-mean / std).to(self._device, self._dtype)
+        # The same per channel, repeated along a channels-last row of W pixels x 3 channels.
+        width = self.input_size[1]
+        self._scale_row = self._scale.view(3).repeat(width)
+        self._shift_row = self._shift.view(3).repeat(width)
         self._inputs: dict[int, torch.Tensor] = {}  # batch size -> N x 3 x h x w network input
         self._uploads: dict[tuple[int, ...], torch.Tensor] = {}  # CUDA: (slot, frame shape) -> pinned
         self._nearest_index: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
@@ -373,7 +377,7 @@ class Segmenter:
         return self._inputs[n]
 
     def _to_device(self, frame: np.ndarray, slot: int) -> torch.Tensor:
-        """1 x 3 x H x W uint8 view of a frame (NHWC memory), on the model's device."""
+        """1 x 3 x H x W uint8 view of a frame (channels_last memory), on the model's device."""
         src = torch.from_numpy(frame)
         if self._device.type != 'cpu':
             key = (slot, *frame.shape)  # one buffer per batch slot: uploads of a batch overlap
@@ -384,7 +388,9 @@ class Segmenter:
                 pinned = self._uploads[key] = torch.empty(frame.shape, dtype=torch.uint8, pin_memory=True)
             pinned.copy_(src)
             src = pinned.to(self._device, non_blocking=True)
-        return src.permute(2, 0, 1)[None]
+        # Batch dim first, then permuted: its stride is then a whole frame, so torch sees channels_last
+        # memory and resizes into channels_last (permute-then-unsqueeze gives stride 3 and NCHW output).
+        return src[None].permute(0, 3, 1, 2)
 
     def _preprocess(self, frames: list[np.ndarray]) -> torch.Tensor:
         x = self._input_buffer(len(frames))
@@ -398,7 +404,15 @@ class Segmenter:
                 src = F.interpolate(src, size=size, mode='bilinear', align_corners=False, antialias=shrink)
                 if src.dtype != torch.uint8:
                     src = src.round_().clamp_(0, 255)  # same values as the CPU uint8 kernel
-            torch.addcmul(self._shift, src, self._scale, out=x[i:i + 1])  # x = src * scale + shift
+            if self.channels_last:
+                # x = src * scale + shift over rows of W x 3 interleaved values: one contiguous loop,
+                # where broadcasting 1x3x1x1 over channels-last memory ran at half the speed.
+                h, w = size
+                rows = x[i:i + 1].permute(0, 2, 3, 1).view(1, h, w * 3)
+                torch.addcmul(self._shift_row, src.permute(0, 2, 3, 1).reshape(1, h, w * 3), self._scale_row,
+                              out=rows)
+            else:
+                torch.addcmul(self._shift, src, self._scale, out=x[i:i + 1])
         return x
 
     def _resize_labels(self, labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
