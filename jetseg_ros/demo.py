@@ -100,8 +100,10 @@ def ros_env(domain_id: int, **extra: str) -> dict[str, str]:
     env['ROS_DOMAIN_ID'] = str(domain_id)
     env['PYTHONUNBUFFERED'] = '1'
     env['RCUTILS_COLORIZED_OUTPUT'] = '0'
-    # The children import the same jetseg_ros as this process, installed or from a checkout.
+    # The children import the same jetseg_ros as this process, installed or from a checkout, and
+    # never one that `python -m` would otherwise find first in the current directory.
     env['PYTHONPATH'] = child_pythonpath()
+    env['PYTHONSAFEPATH'] = '1'
     env.pop('ROS_LOCALHOST_ONLY', None)
     env.update(extra)
     return env

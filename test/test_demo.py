@@ -72,3 +72,16 @@ def test_demo_through_ros2_launch_with_the_shipped_weights(tmp_path: Path) -> No
     assert 'shipped nano weights' in result.stdout
     assert sorted((out / 'frames').glob('overlay_*.png')), 'no overlay frame saved'
     assert json.loads((out / 'summary.json').read_text())['frames_processed'] > 0
+
+
+def test_demo_children_import_this_jetseg_ros_whatever_the_current_directory(tmp_path: Path) -> None:
+    # `python -m` and `-c` put the current directory first on sys.path: a jetseg_ros/ there
+    # (another checkout, say) must not replace the one the demo or the benchmark runs from.
+    from jetseg_ros.demo import PACKAGE_ROOT, ros_env
+    (tmp_path / 'jetseg_ros').mkdir()
+    (tmp_path / 'jetseg_ros' / '__init__.py').write_text('')
+    probe = 'import jetseg_ros, pathlib; print(pathlib.Path(jetseg_ros.__file__).resolve().parent.parent)'
+    out = subprocess.run([sys.executable, '-c', probe], cwd=tmp_path, env=ros_env(0), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(PACKAGE_ROOT)
