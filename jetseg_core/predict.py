@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(str(exc)) from None
         except ValueError as exc:  # bad device/precision
             raise UsageError(str(exc).splitlines()[0]) from None
-        seg.warmup(1)  # builds the graph now, so the reported ms/frame is the steady-state figure
+        seg.warmup()  # builds the graph now, so the reported ms/frame is the steady-state figure
         args.output.mkdir(parents=True, exist_ok=True)
         predictor = Predictor(seg, args.output, outputs, args.alpha)
         stems: dict[str, int] = {}

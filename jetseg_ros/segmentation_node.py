@@ -356,7 +356,7 @@ class SegmentationNode(Node):
             segmenter = Segmenter.from_checkpoint(
                 s['checkpoint'], profile=s['profile'], device=s['device'], precision=s['precision'],
                 num_threads=s['num_threads'] or None)
-            segmenter.warmup(1)
+            segmenter.warmup()
         except CheckpointError as exc:
             raise StartupError(f'cannot load checkpoint: {exc}') from None
         except (ValueError, RuntimeError, OSError) as exc:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 import zipfile
 
 import numpy as np
@@ -220,6 +221,16 @@ def test_non_contiguous_frames_are_accepted(segmenter):
     rgb_view = bgr[:, :, ::-1]
     assert np.array_equal(segmenter.segment(rgb_view).labels,
                           segmenter.segment(np.ascontiguousarray(rgb_view)).labels)
+
+
+def test_read_only_frames_are_segmented_without_a_warning(segmenter):
+    img = _image(90, 120, seed=4)
+    frozen = np.frombuffer(img.tobytes(), np.uint8).reshape(img.shape)  # as from a message's bytes
+    assert not frozen.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        labels = segmenter.segment(frozen).labels
+    assert np.array_equal(labels, segmenter.segment(img).labels)
 
 
 @pytest.mark.parametrize('factors', [(2, 2), (3, 4), (1, 8), (4, 1), (2, 3), (1.5, 2.5)])
