@@ -214,14 +214,6 @@ def _stamp_ns(header: Header) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
-def _nearest_resize(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Pixel-centre nearest-neighbour resize (for the overlay at network size)."""
-    h, w = size
-    rows = np.minimum(((np.arange(h) + 0.5) * rgb.shape[0] / h).astype(np.intp), rgb.shape[0] - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * rgb.shape[1] / w).astype(np.intp), rgb.shape[1] - 1)
-    return rgb[rows[:, None], cols[None, :]]
-
-
 def scale_camera_info(info: CameraInfo, header: Header, size: tuple[int, int] | None) -> CameraInfo:
     """``info`` re-stamped with ``header``; K, P, ROI and size scaled when outputs are ``size`` (H, W)."""
     out = CameraInfo()
@@ -537,13 +529,14 @@ class SegmentationNode(Node):
         want_color = s['publish_color_mask'] and self._color_pub.get_subscription_count() > 0
         want_overlay = s['publish_overlay'] and self._overlay_pub.get_subscription_count() > 0
         if want_color or want_overlay:
+            from jetseg_core.inference import nearest_resize
             from jetseg_core.visualize import blend, colorize
 
             color = colorize(labels, self._segmenter.palette)
             if want_color:
                 self._color_pub.publish(rgb8_image(color, header))
             if want_overlay:
-                base = rgb if labels.shape == rgb.shape[:2] else _nearest_resize(rgb, labels.shape)
+                base = nearest_resize(rgb, labels.shape)  # the input itself unless output is at network size
                 self._overlay_pub.publish(rgb8_image(blend(base, color, s['overlay_alpha']), header))
         info = self._camera_info
         if info is not None and self._info_pub.get_subscription_count() > 0:

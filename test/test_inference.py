@@ -15,7 +15,7 @@ from jetseg_core.benchmark import main as benchmark_main
 from jetseg_core.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from jetseg_core.export import export_model
 from jetseg_core.export import main as export_main
-from jetseg_core.inference import Segmentation, Segmenter, upsampled_labels
+from jetseg_core.inference import Segmentation, Segmenter, nearest_resize, upsampled_labels
 from jetseg_core.model import build_model
 from jetseg_core.palettes import CAMVID11
 
@@ -246,6 +246,18 @@ def test_labels_are_upsampled_by_pixel_centre_nearest_neighbour(segmenter, facto
     assert labels.shape == size and labels.dtype == np.uint8 and labels.flags.c_contiguous
     assert np.array_equal(labels, small[rows[:, None], cols[None, :]])
     assert len(np.unique(small)) >= 5
+
+
+@pytest.mark.parametrize('size', [(240, 320), (60, 80), (97, 131), (480, 640)])
+def test_nearest_resize_of_a_colour_image_picks_pixel_centres(size):
+    # The overlay's base image when outputs are at network size: rows and columns of the input.
+    img = _image(180, 250, seed=8)
+    rows = ((np.arange(size[0]) + 0.5) * 180 / size[0]).astype(int)
+    cols = ((np.arange(size[1]) + 0.5) * 250 / size[1]).astype(int)
+    out = nearest_resize(img, size)
+    assert out.shape == (*size, 3)
+    assert np.array_equal(out, img[rows[:, None], cols[None, :]])
+    assert nearest_resize(img, (180, 250)) is img
 
 
 def _twice(labels: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from jetseg_core.data.synthetic import generate_scene
+from jetseg_core.inference import nearest_resize
 from jetseg_core.palettes import CAMVID11
 from jetseg_core.visualize import blend
 from jetseg_ros.image_conversion import SUPPORTED_ENCODINGS, image_to_rgb, rgb_to_image
@@ -191,6 +192,8 @@ def test_camera_info_is_republished_with_the_image_header_and_scaled_at_network_
         out = _send(session, msg, wait_for=('camera_info', 'labels', 'color', 'overlay'), also=send_info)
         for name in ('labels', 'color', 'overlay'):
             assert (out[name].height, out[name].width) == NETWORK, name
+        base = nearest_resize(_scene(5), NETWORK)  # the input, at network size like the mask
+        np.testing.assert_array_equal(_pixels(out['overlay']), blend(base, _pixels(out['color']), 0.5))
         scaled = out['camera_info']
         sx, sy = NETWORK[1] / SIZE[1], NETWORK[0] / SIZE[0]
         assert (scaled.height, scaled.width) == NETWORK
