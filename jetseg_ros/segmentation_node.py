@@ -15,6 +15,7 @@ or ``python -m jetseg_ros.segmentation_node --ros-args -p profile:=nano``.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -58,6 +59,8 @@ PROFILES = ('nano', 'agx', 'workstation')
 NO_IMAGE_WARNING_S = 5.0
 DIAGNOSTICS_PERIOD_S = 1.0
 ERROR_LOG_INTERVAL_S = 5.0
+MAX_THROTTLED_KINDS = 64
+_VARYING_DETAILS = re.compile(r'0x[0-9a-fA-F]+|\d+(\.\d+)?')  # sizes, lengths, ages, addresses
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -231,9 +234,13 @@ def scale_camera_info(info: CameraInfo, header: Header, size: tuple[int, int] | 
         sy, sx = size[0] / info.height, size[1] / info.width
         k, p = list(info.k), list(info.p)
         k[0], k[2], k[4], k[5] = k[0] * sx, k[2] * sx, k[4] * sy, k[5] * sy
-        p[0], p[2], p[3], p[5], p[6] = p[0] * sx, p[2] * sx, p[3] * sx, p[5] * sy, p[6] * sy
+        p[0], p[2], p[3] = p[0] * sx, p[2] * sx, p[3] * sx
+        p[5], p[6], p[7] = p[5] * sy, p[6] * sy, p[7] * sy  # p[7]: Ty of a vertical stereo pair
         out.k, out.p = k, p
         out.height, out.width = int(size[0]), int(size[1])
+        # K, P and the ROI are now at the output's pixels: an image binned on the camera no longer
+        # needs dividing, and would be divided twice if binning stayed.
+        out.binning_x = out.binning_y = 0
         roi = out.roi
         roi.x_offset, roi.width = round(roi.x_offset * sx), round(roi.width * sx)
         roi.y_offset, roi.height = round(roi.y_offset * sy), round(roi.height * sy)
@@ -340,15 +347,19 @@ class SegmentationNode(Node):
                     raise ExternalShutdownException() from None
 
     def _load_segmenter(self) -> Any:
+        import torch
+
         from jetseg_core.checkpoint import CheckpointError
         from jetseg_core.inference import Segmenter
 
         s = self._settings
+        self._default_threads = torch.get_num_threads()  # what num_threads: 0 goes back to
         try:
             segmenter = Segmenter.from_checkpoint(
                 s['checkpoint'], profile=s['profile'], device=s['device'], precision=s['precision'],
                 num_threads=s['num_threads'] or None)
             segmenter.warmup()
+            self._threads_in_use = torch.get_num_threads()
         except CheckpointError as exc:
             raise StartupError(f'cannot load checkpoint: {exc}') from None
         except (ValueError, RuntimeError, OSError) as exc:
@@ -486,19 +497,32 @@ class SegmentationNode(Node):
             else:
                 self._stats.errors += 1
             self._stats.last_error = text
-        now = time.monotonic()
-        last = self._error_log_times.get(text)
-        if last is None or now - last >= ERROR_LOG_INTERVAL_S:  # throttled per problem, not globally
-            self._error_log_times[text] = now
+        if self._log_due(text):
             self.get_logger().error(text)
+
+    def _log_due(self, text: str) -> bool:
+        """Whether a line about this kind of problem may be logged now (at most one per interval).
+
+        Problems differ in kind, not in their numbers: 'data length 239 != ...' and 'data length
+        238 != ...' share one throttle, so a stream of bad frames cannot flood the log or this dict.
+        """
+        kind = _VARYING_DETAILS.sub('#', text)
+        now = time.monotonic()
+        last = self._error_log_times.get(kind)
+        if last is not None and now - last < ERROR_LOG_INTERVAL_S:
+            return False
+        if len(self._error_log_times) >= MAX_THROTTLED_KINDS:
+            self._error_log_times.clear()
+        self._error_log_times[kind] = now
+        return True
 
     def _apply_num_threads(self, wanted: int) -> None:
         if wanted != self._threads_applied:
             import torch
 
-            if wanted > 0:
-                torch.set_num_threads(wanted)
+            torch.set_num_threads(wanted or self._default_threads)
             self._threads_applied = wanted
+            self._threads_in_use = torch.get_num_threads()
 
     def _process(self, frame: _Frame) -> None:
         s = self._settings
@@ -562,10 +586,7 @@ class SegmentationNode(Node):
         self._latency_pub.publish(lat)
 
     def _log_throttled_warning(self, text: str) -> None:
-        now = time.monotonic()
-        last = self._error_log_times.get(text)
-        if last is None or now - last >= ERROR_LOG_INTERVAL_S:
-            self._error_log_times[text] = now
+        if self._log_due(text):
             self.get_logger().warning(text)
 
     # ------------------------------------------------------------------ diagnostics (executor thread)
@@ -605,6 +626,7 @@ class SegmentationNode(Node):
             'frames in': current[1], 'frames processed': current[2], 'frames dropped': dropped,
             'frames rejected': current[3], 'last error': last_error or 'none',
             'profile': seg.profile, 'device': seg.device, 'backend': seg.backend,
+            'inference threads': self._threads_in_use,
             'input topic': self._image_topic,
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]

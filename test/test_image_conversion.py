@@ -1,9 +1,12 @@
 """Image message <-> RGB conversion: every supported encoding against an independent reference."""
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
 import pytest
+from PIL import Image as PILImage
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -115,6 +118,14 @@ def test_bayer_is_demosaiced_like_opencv_and_recovers_smooth_images(encoding, cv
     assert np.abs(out.astype(int) - rgb).max() <= 12  # edges have half the neighbours
 
 
+@pytest.mark.parametrize('size', [(2, 2), (2, 64), (64, 2), (2, 3)])
+@pytest.mark.parametrize('encoding', ['bayer_rggb8', 'bayer_gbrg8'])
+def test_bayer_images_under_three_pixels_high_or_wide_are_demosaiced(encoding, size, decoder):
+    # OpenCV's demosaicing returns black for them; the numpy decoder takes over.
+    out = image_to_rgb(_raw_image(np.full(size, 100, np.uint8), encoding))
+    assert out.shape == (*size, 3) and (out == 100).all()
+
+
 @pytest.mark.parametrize('encoding', SUPPORTED_ENCODINGS)
 def test_every_encoding_round_trips_through_rgb_to_image(encoding, decoder):
     rgb = _smooth_rgb()
@@ -164,6 +175,18 @@ def test_png_decodes_exactly_and_jpeg_closely():
     jpeg = rgb_to_compressed(rgb, 'jpeg', quality=95)
     assert jpeg.format == 'jpeg'
     assert np.abs(compressed_to_rgb(jpeg).astype(int) - rgb).mean() < 3
+
+
+def test_16_bit_png_is_scaled_to_8_bits_like_mono16():
+    # compressed_image_transport sends mono16 images as 16-bit PNG.
+    values = np.array([[0, 257, 40000, 65535]], np.uint16)
+    buffer = io.BytesIO()
+    PILImage.fromarray(values).save(buffer, 'PNG')
+    msg = CompressedImage(format='mono16; png compressed')
+    msg.data = buffer.getvalue()
+    out = compressed_to_rgb(msg)
+    assert out.shape == (1, 4, 3)
+    assert out[0, :, 0].tolist() == [0, 1, 156, 255] and (out == out[..., :1]).all()
 
 
 @pytest.mark.parametrize(('fmt', 'data', 'problem'), [
