@@ -28,6 +28,7 @@ from safetensors.torch import load as _st_load
 from safetensors.torch import save_file as _st_save_file
 
 from jetseg_core import __version__
+from jetseg_core.profiles import MIN_INPUT_SIDE
 
 __all__ = [
     'DEFAULT_INPUT_SIZE', 'DEFAULT_MEAN', 'DEFAULT_STD', 'CheckpointError', 'CheckpointMeta',
@@ -113,8 +114,8 @@ class CheckpointMeta:
             raise ValueError(f'metadata class_colors must be {k} [r, g, b] triples of 0..255')
         size = data['input_size']
         if (not isinstance(size, list | tuple) or len(size) != 2
-                or not all(isinstance(s, int) and s >= 32 for s in size)):
-            raise ValueError(f'metadata input_size must be [H, W] integers >= 32, got {size!r}')
+                or not all(isinstance(s, int) and s >= MIN_INPUT_SIDE for s in size)):
+            raise ValueError(f'metadata input_size must be [H, W] integers >= {MIN_INPUT_SIDE}, got {size!r}')
         mean = _three_floats(data.get('mean', DEFAULT_MEAN), 'mean')
         std = _three_floats(data.get('std', DEFAULT_STD), 'std')
         if min(std) <= 0:
@@ -231,16 +232,27 @@ def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
     metadata = header.pop('__metadata__', None) or {}
     end = 0
     for name, info in header.items():
-        try:
-            _, stop = info['data_offsets']
-            end = max(end, int(stop))
-        except (TypeError, KeyError, ValueError):
-            raise CheckpointError(path, f'corrupt safetensors header (bad entry for {name!r})') from None
+        if not _is_tensor_entry(info):
+            raise CheckpointError(path, f'corrupt safetensors header (bad entry for {name!r})')
+        end = max(end, info['data_offsets'][1])
     if 8 + n + end > size:
         raise CheckpointError(path, f'truncated: tensor data needs {8 + n + end} bytes, the file has {size}')
     if not isinstance(metadata, dict) or 'jetseg' not in metadata:
         raise CheckpointError(path, "not a JetSeg checkpoint (no 'jetseg' entry in the header metadata)")
     return header, metadata, size
+
+
+def _is_tensor_entry(info: object) -> bool:
+    """A header entry as safetensors writes it: dtype, shape of sizes, [start, stop] byte offsets."""
+    def whole(v: object) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    if not isinstance(info, dict) or not isinstance(info.get('dtype'), str):
+        return False
+    shape, offsets = info.get('shape'), info.get('data_offsets')
+    return (isinstance(shape, list) and all(whole(v) for v in shape)
+            and isinstance(offsets, list) and len(offsets) == 2 and all(whole(v) for v in offsets)
+            and offsets[0] <= offsets[1])
 
 
 def _parse_meta(path: Path, metadata: dict[str, str]) -> CheckpointMeta:

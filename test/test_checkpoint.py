@@ -149,7 +149,36 @@ def _break_metadata_field(src: Path, dst: Path) -> None:
     _rewrite(src, dst, edit)
 
 
+def _edit_header(src: Path, dst: Path, edit) -> None:
+    """Rewrite the JSON header by hand: entries that save_file would never write."""
+    data = src.read_bytes()
+    (n,) = struct.unpack('<Q', data[:8])
+    header = json.loads(data[8:8 + n])
+    edit(header[next(k for k in header if k != '__metadata__')])
+    raw = json.dumps(header).encode()  # json writes float('inf') as Infinity, which it reads back
+    dst.write_bytes(struct.pack('<Q', len(raw)) + raw + data[8 + n:])
+
+
+def _break_entry_shape(src: Path, dst: Path) -> None:
+    _edit_header(src, dst, lambda entry: entry.update(shape=5))
+
+
+def _break_entry_offsets(src: Path, dst: Path) -> None:
+    _edit_header(src, dst, lambda entry: entry.update(data_offsets=[0, float('inf')]))
+
+
+def _break_input_size(src: Path, dst: Path) -> None:
+    def edit(t, m):
+        info = json.loads(m['jetseg'])
+        info['input_size'] = [48, 48]  # the network needs 64
+        m['jetseg'] = json.dumps(info)
+    _rewrite(src, dst, edit)
+
+
 @pytest.mark.parametrize(('breaker', 'problem'), [
+    (_break_entry_shape, 'bad entry'),
+    (_break_entry_offsets, 'bad entry'),
+    (_break_input_size, 'input_size'),
     (_break_truncated, 'truncated'),
     (_break_short, 'truncated'),
     (_break_empty, 'truncated'),
