@@ -48,6 +48,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a whole number >= 0, got {text!r}') from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'expected a whole number >= 0, got {text!r}')
+    return value
+
+
 def positive_int_list(text: str) -> list[int]:
     """'1,2,4' -> [1, 2, 4]."""
     values = [positive_int(v) for v in text.split(',') if v.strip()]

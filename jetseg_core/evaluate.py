@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .cli import OneLineParser, UsageError, parse_size, positive_int, usage_error
+from .cli import OneLineParser, UsageError, non_negative_int, parse_size, positive_int, usage_error
 from .train import DATASETS, SYNTHETIC_VAL_SEED_OFFSET, Dist, select_device
 
 
@@ -35,7 +35,7 @@ def build_parser() -> OneLineParser:
     p.add_argument('--batch-size', type=positive_int, default=4)
     p.add_argument('--device', default='auto')
     p.add_argument('--threads', type=positive_int, default=None)
-    p.add_argument('--workers', type=int, default=0)
+    p.add_argument('--workers', type=non_negative_int, default=0, help='DataLoader workers')
     p.add_argument('--limit', type=positive_int, default=None, help='evaluate only the first N images')
     p.add_argument('--synthetic-scenes', type=positive_int, default=64, help='held-out synthetic scenes')
     p.add_argument('--seed', type=int, default=0,
@@ -62,7 +62,7 @@ def _dataset(args: argparse.Namespace, size: tuple[int, int], mean, std):
         raise UsageError(f'--data-root {args.data_root}: no such directory')
     try:
         return build_dataset(args.dataset, args.data_root, args.split, tf)
-    except (DatasetError, FileNotFoundError, NotADirectoryError) as exc:
+    except (DatasetError, FileNotFoundError, NotADirectoryError, ValueError) as exc:  # ValueError: split
         raise UsageError(str(exc)) from None
 
 
@@ -138,17 +138,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             shipped = args.checkpoint in ('', 'untrained')
             model, meta = resolve_checkpoint(args.checkpoint, args.profile if shipped else None)
-        except CheckpointError as exc:
+        except (CheckpointError, ValueError) as exc:  # ValueError: an unknown --profile
             raise UsageError(str(exc)) from None
         device = select_device(args.device, Dist())
         size = args.size or tuple(meta.input_size)
         dataset = _dataset(args, size, meta.mean, meta.std)
         if len(dataset) == 0:
             raise UsageError(f'{args.dataset} {args.split}: no images')
+        classes = getattr(dataset, 'num_classes', meta.num_classes)
+        if classes != meta.num_classes:
+            raise UsageError(f'{args.dataset} has {classes} classes but the checkpoint predicts '
+                             f'{meta.num_classes} ({meta.profile}, trained on {meta.trained_on})')
         report, matrix, ips = run_evaluation(model, dataset, meta.num_classes, device, args.batch_size,
                                              args.workers, args.limit)
-        if matrix.shape[0] != len(meta.class_names):
-            raise UsageError(f'dataset has {matrix.shape[0]} classes, checkpoint {len(meta.class_names)}')
         n = min(len(dataset), args.limit or len(dataset))
         where = f'{args.dataset} {args.split}'
         if args.dataset == 'synthetic':

@@ -29,6 +29,7 @@ from jetseg_core.cli import (
     OneLineParser,
     UsageError,
     non_negative_float,
+    non_negative_int,
     parse_size,
     positive_int,
     usage_error,
@@ -88,7 +89,8 @@ def build_parser() -> OneLineParser:
     p.add_argument('--amp', action='store_true', help='mixed precision (CUDA only)')
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1), help='DataLoader workers')
+    p.add_argument('--workers', type=non_negative_int, default=min(4, os.cpu_count() or 1),
+                   help='DataLoader workers')
     p.add_argument('--threads', type=positive_int, default=None, help='torch CPU threads per process')
     p.add_argument('--synthetic-scenes', type=positive_int, default=400, help='synthetic training scenes')
     p.add_argument('--synthetic-val-scenes', type=positive_int, default=64, help='held-out synthetic scenes')

@@ -52,6 +52,36 @@ def test_eval_missing_data_root_exits_2(tiny_checkpoint: Path, tmp_path: Path, c
     assert rc == 2 and len(err) == 1 and 'nope' in err[0]
 
 
+def _cityscapes_val(root: Path) -> Path:
+    """One Cityscapes-layout validation image (19 classes) with its labelIds."""
+    stem = 'aachen_000000_000000'
+    image = root / 'leftImg8bit' / 'val' / 'aachen' / f'{stem}_leftImg8bit.png'
+    labels = root / 'gtFine' / 'val' / 'aachen' / f'{stem}_gtFine_labelIds.png'
+    for path in (image, labels):
+        path.parent.mkdir(parents=True)
+    Image.fromarray(generate_scene(1, (64, 128))[0]).save(image)
+    Image.fromarray(np.full((64, 128), 7, np.uint8)).save(labels)  # road
+    return root
+
+
+@pytest.mark.parametrize(('extra', 'problem'), [
+    (['--dataset', 'cityscapes', '--split', 'val'], 'cityscapes has 19 classes but the checkpoint predicts'),
+    (['--dataset', 'camvid', '--split', 'nonsense'], 'camvid split must be one of'),
+    (['--workers', '-1'], "expected a whole number >= 0, got '-1'"),
+])
+def test_eval_mistakes_exit_2_with_one_line(tiny_checkpoint: Path, tmp_path: Path, capsys, extra, problem):
+    root = _cityscapes_val(tmp_path / 'cityscapes')
+    rc = evaluate.main([str(tiny_checkpoint), *EVAL_TINY, '--data-root', str(root), *extra,
+                        '--confusion', str(tmp_path / 'cm.png')])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and problem in err[0], err
+
+
+def test_eval_untrained_with_an_unknown_profile_exits_2(capsys):
+    assert evaluate.main(['untrained', '--profile', 'tiny', *EVAL_TINY]) == 2
+    assert "unknown JetSeg profile 'tiny'" in capsys.readouterr().err
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     folder = tmp_path / 'images'
