@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import OneLineParser, UsageError, positive_int, usage_error
+from .rgb import pil_to_rgb
 
 IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm'}
 VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg'}
@@ -72,7 +73,7 @@ def read_image(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            return np.array(im.convert('RGB'))
+            return np.array(pil_to_rgb(im))
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f'{path}: cannot read image ({exc})') from None
 

@@ -20,6 +20,8 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from jetseg_core.rgb import mono16_to_8, pil_to_rgb
+
 try:  # optional accelerator for YUV and Bayer decoding
     import cv2 as _cv2
 except ImportError:  # pragma: no cover - exercised where OpenCV is missing
@@ -185,8 +187,8 @@ def image_to_rgb(msg: Image) -> np.ndarray:
         return np.repeat(rows[..., None], 3, axis=2)
     if enc == 'mono16':
         dtype = np.dtype('>u2' if msg.is_bigendian else '<u2')
-        values = np.ascontiguousarray(rows).view(dtype).astype(np.uint32)
-        return np.repeat(_mono16_to_8(values)[..., None], 3, axis=2)
+        values = np.ascontiguousarray(rows).view(dtype)
+        return np.repeat(mono16_to_8(values)[..., None], 3, axis=2)
     # OpenCV's demosaicing needs 3 rows and columns: it turns smaller Bayer images black.
     if _cv2 is not None and enc in _CV2_CODES and (enc not in _BAYER_TILE or min(height, width) >= 3):
         src = np.ascontiguousarray(rows).reshape(height, width, 2) if enc in _YUV_LAYOUT else rows
@@ -210,11 +212,6 @@ def _decoder_name(fmt: str) -> str:
     return fmt
 
 
-def _mono16_to_8(values: np.ndarray) -> np.ndarray:
-    """16-bit intensities (as a wider unsigned array) scaled to 0..255, rounded."""
-    return ((values * 255 + 32767) // 65535).astype(np.uint8)
-
-
 def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     """Decode a JPEG or PNG sensor_msgs/CompressedImage into an HxWx3 uint8 RGB array."""
     from PIL import Image as PILImage
@@ -229,11 +226,7 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
             if img.format not in ('JPEG', 'PNG'):
                 raise ImageConversionError(
                     f"unsupported compressed format {img.format} (format field '{fmt}')")
-            if img.mode in ('I;16', 'I;16B', 'I;16L', 'I'):  # 16-bit PNG (mono16 from image_transport)
-                mono = _mono16_to_8(np.asarray(img).astype(np.uint32))
-                rgb = np.repeat(mono[..., None], 3, axis=2)
-            else:
-                rgb = np.asarray(img.convert('RGB'))
+            rgb = pil_to_rgb(img)
     except UnidentifiedImageError:
         raise ImageConversionError(f"cannot decode compressed image (format '{fmt}'): "
                                    'not a readable JPEG or PNG (unknown or truncated data)') from None

@@ -159,3 +159,12 @@ def test_shipped_nano_weights_segment_held_out_synthetic_scenes(tmp_path: Path, 
     result = json.loads(js.read_text())
     assert result['checkpoint'] == 'shipped' and result['input_size'] == [240, 320]
     assert result['miou'] > 0.25  # uniformly random labels score about 0.05; the weights reach ~0.37
+
+
+def test_16_bit_png_files_are_scaled_to_8_bits_not_clipped(tmp_path: Path):
+    # Pillow's convert('RGB') would turn every value above 255 white.
+    path = tmp_path / 'depth.png'
+    Image.fromarray(np.array([[0, 257, 40000, 65535]], np.uint16)).save(path)
+    rgb = predict.read_image(path)
+    assert rgb.shape == (1, 4, 3) and rgb.dtype == np.uint8
+    assert rgb[0, :, 0].tolist() == [0, 1, 156, 255] and (rgb == rgb[..., :1]).all()

@@ -31,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 
 from jetseg_core.data.synthetic import SyntheticScenes
 from jetseg_core.palettes import CAMVID11, CAMVID32, CITYSCAPES19, IGNORE_INDEX, Palette
+from jetseg_core.rgb import pil_to_rgb
 
 __all__ = [
     'CAMVID32_TO_11', 'CITYSCAPES_LABEL_TO_TRAIN', 'DATASETS', 'DatasetError', 'SegmentationFiles',
@@ -106,7 +107,7 @@ def _open(path: Path) -> Image.Image:
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    return np.asarray(_open(path).convert('RGB'))
+    return pil_to_rgb(_open(path))
 
 
 def _read_ids(path: Path) -> np.ndarray:
