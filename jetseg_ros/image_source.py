@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -34,10 +35,12 @@ from jetseg_ros.image_conversion import (
     rgb_to_image,
 )
 from jetseg_ros.signals import ignore_sigint, route_sigint_to_rclpy
+from jetseg_ros.usage import exit_if_help_requested
 
 SOURCES = ('synthetic', 'video', 'folder', 'rosbag')
 SYNTHETIC_DEFAULT_SIZE = (480, 640)  # (H, W)
 HORIZONTAL_FOV_DEG = 70.0  # a typical automotive / robot camera
+NO_CLOCK_WARNING_S = 3.0
 
 
 class SourceError(Exception):
@@ -219,7 +222,11 @@ class RosbagReader:
             raise SourceError(f'{path}: does not exist')
         self._path = path
         try:
-            self._reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_KILTED))
+            # sensor_msgs images are the same in every ROS 2 release: take the newest store this
+            # rosbags knows (older releases lack ROS2_KILTED) for bags that carry no definitions.
+            newest = next(getattr(Stores, name) for name in ('ROS2_KILTED', 'ROS2_JAZZY', 'ROS2_HUMBLE')
+                          if hasattr(Stores, name))
+            self._reader = AnyReader([path], default_typestore=get_typestore(newest))
             self._reader.open()
         except (AnyReaderError, OSError, ValueError, KeyError) as err:
             raise SourceError(f'{path}: cannot read this rosbag2 ({err})') from None
@@ -288,8 +295,23 @@ def open_source(source: str, path: str, width: int = 0, height: int = 0, topic: 
     return RosbagReader(p, topic)
 
 
-def _describe(text: str) -> ParameterDescriptor:
-    return ParameterDescriptor(description=text)
+# (name, default, description): declared by the node and listed by --help.
+PARAMETERS: tuple[tuple[str, object, str], ...] = (
+    ('source', 'synthetic', f"frame source: {' | '.join(SOURCES)}"),
+    ('path', '', 'video file, image folder or rosbag2 (directory, .db3, .mcap)'),
+    ('topic', '', 'rosbag image topic to replay; empty = the first image topic'),
+    ('rate', 15.0, 'frames per second'),
+    ('width', 0, 'output width in pixels; 0 = the source size (synthetic: 640)'),
+    ('height', 0, 'output height in pixels; 0 = the source size (synthetic: 480)'),
+    ('encoding', 'rgb8', f"image encoding: {', '.join(SUPPORTED_ENCODINGS)}"),
+    ('frame_id', 'camera', 'header.frame_id of images and camera_info'),
+    ('loop', True, 'restart a video, folder or bag at its end (synthetic never ends)'),
+    ('num_frames', 0, 'frames to publish, then exit 0; 0 = until the source ends or forever'),
+    ('qos_reliability', 'reliable', 'reliable | best_effort (reliable reaches both kinds)'),
+    ('seed', 0, 'first synthetic scene seed'),
+    ('synthetic_scenes', 8, 'distinct synthetic scenes, generated at start (100-200 ms each)'),
+    ('wait_for_subscribers', 0, 'hold the first frame until this many subscribers see camera/image_raw'),
+)
 
 
 class ImageSource(Node):
@@ -297,22 +319,10 @@ class ImageSource(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__('image_source', **kwargs)
-        p = self.declare_parameter
-        p('source', 'synthetic', _describe(f"frame source: {' | '.join(SOURCES)}"))
-        p('path', '', _describe('video file, image folder or rosbag2 (directory, .db3, .mcap)'))
-        p('topic', '', _describe('rosbag image topic to replay; empty = the first image topic'))
-        p('rate', 15.0, ParameterDescriptor(description='frames per second', dynamic_typing=True))
-        p('width', 0, _describe('output width in pixels; 0 = the source size (synthetic: 640)'))
-        p('height', 0, _describe('output height in pixels; 0 = the source size (synthetic: 480)'))
-        p('encoding', 'rgb8', _describe(f"image encoding: {', '.join(SUPPORTED_ENCODINGS)}"))
-        p('frame_id', 'camera', _describe('header.frame_id of images and camera_info'))
-        p('loop', True, _describe('restart a video, folder or bag at its end (synthetic never ends)'))
-        p('num_frames', 0, _describe('frames to publish, then exit 0; 0 = until the source ends or forever'))
-        p('qos_reliability', 'reliable', _describe('reliable | best_effort (reliable reaches both kinds)'))
-        p('seed', 0, _describe('first synthetic scene seed'))
-        p('synthetic_scenes', 8, _describe('distinct synthetic scenes, generated at start (100-200 ms each)'))
-        p('wait_for_subscribers', 0,
-          _describe('hold the first frame until this many subscribers see camera/image_raw'))
+        for name, default, description in PARAMETERS:
+            # rate: dynamic typing, so that `rate:=30` works as well as `rate:=30.0`; checked below
+            self.declare_parameter(name, default, ParameterDescriptor(
+                description=description, dynamic_typing=isinstance(default, float)))
 
         value = lambda name: self.get_parameter(name).value
         try:
@@ -349,10 +359,21 @@ class ImageSource(Node):
         self.done = False
         self._info: CameraInfo | None = None
         self._ready_since: float | None = None
-        self._timer = self.create_timer(1.0 / self.rate, self._tick)
+        self._timer = self.create_timer(1.0 / self.rate, self._tick)  # on the node clock: sim time too
+        self._clock_check = self.create_timer(NO_CLOCK_WARNING_S, self._warn_if_no_clock,
+                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(
             f'publishing {self.source_name} frames on {self.image_pub.topic_name} at {self.rate:g} Hz '
             f'({self.encoding}' + (f', {self.num_frames} frames' if self.num_frames else '') + ')')
+
+    def _warn_if_no_clock(self) -> None:
+        """With use_sim_time and nothing on /clock, the node clock stands at 0 and no tick ever comes."""
+        if self.published or self.get_clock().now().nanoseconds:
+            self._clock_check.cancel()
+            return
+        self.get_logger().warning(
+            'use_sim_time is true but nothing publishes /clock, so no frame is published: start the '
+            'simulator or `ros2 bag play --clock`, or set use_sim_time:=false')
 
     def _subscribers_ready(self) -> bool:
         if self.wait_for_subscribers <= 0:
@@ -404,6 +425,7 @@ def _fail(message: str) -> int:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of `image_source`: 0 after num_frames / the end of the source / Ctrl-C, 2 on bad input."""
+    exit_if_help_requested(args, 'image_source', __doc__.split('\n\n')[0], PARAMETERS)
     tune_malloc()  # a new frame-sized message every tick
     route_sigint_to_rclpy()
     rclpy.init(args=args)

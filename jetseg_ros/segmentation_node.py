@@ -52,6 +52,7 @@ from jetseg_ros.image_conversion import (
     rgb8_image,
 )
 from jetseg_ros.signals import ignore_sigint, route_sigint_to_rclpy
+from jetseg_ros.usage import exit_if_help_requested
 
 NODE_NAME = 'jetseg'
 INFERENCE_THREAD = 'jetseg-inference'  # the one thread that runs torch
@@ -655,6 +656,8 @@ def main(args: list[str] | None = None) -> None:
     # -> 0.5 s) against one busy Python process on 2 cores; passive waiting kept 30 Hz. On a
     # dedicated CPU spinning is faster: set OMP_WAIT_POLICY yourself. libgomp reads it when
     # torch loads (on the inference thread, later): the user's value wins.
+    exit_if_help_requested(args, 'segmentation_node', __doc__.split('\n\n')[0],
+                           ((p.name, p.default, p.descriptor().description) for p in PARAMETERS))
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     tune_malloc()
     route_sigint_to_rclpy()

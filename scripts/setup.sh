@@ -41,8 +41,21 @@ done
 stamp="$VENV/.jetseg-deps"
 want="$(cat "$ROOT/requirements.txt" "$ROOT/scripts/setup.sh" | sha256sum | cut -c1-16) ${ROS_LAUNCH:-none}"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  # torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
-  "$PY" -c 'import torch' 2>/dev/null || { log "pip: torch==2.13.0 (CPU)"; pipi torch==2.13.0; }
+  # torch first and pinned, from PyTorch's CPU index when it can be reached: PyPI's Linux x86
+  # wheel is the CUDA build, which pulls several GB of nvidia-* packages. Offline, or behind a
+  # mirror (pip's own configuration), the pin is resolved as pip is configured.
+  if ! "$PY" -c 'import torch' 2>/dev/null; then
+    cpu_index="${JETSEG_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+    if "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=10)' \
+        "$cpu_index" 2>/dev/null; then
+      log "pip: torch==2.13.0 (CPU) from $cpu_index"
+      pipi --index-url "$cpu_index" --extra-index-url https://pypi.org/simple torch==2.13.0 ||
+        { log "pip: no torch==2.13.0 there for this machine, trying pip's own index"; pipi torch==2.13.0; }
+    else
+      log "pip: torch==2.13.0"
+      pipi torch==2.13.0
+    fi
+  fi
   log "pip: requirements.txt (numpy, ROS 2 kilted wheels, rosidl, ...)"
   pipi -r "$ROOT/requirements.txt"
   if [ -n "$ROS_LAUNCH" ]; then

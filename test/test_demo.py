@@ -64,6 +64,14 @@ def test_demo_rejects_a_missing_checkpoint_file_with_exit_2(tmp_path: Path) -> N
     assert 'nope.safetensors' in result.stderr and 'Traceback' not in result.stderr
 
 
+@pytest.mark.parametrize('option', [('--size', '320x240'), ('--qos', 'best_effort')])
+def test_demo_refuses_options_the_launch_file_would_ignore(option: tuple[str, str]) -> None:
+    pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
+    result = run_demo('--use-launch', *option, timeout=60)
+    assert result.returncode == 2
+    assert 'cannot be used with --use-launch' in result.stderr and 'Traceback' not in result.stderr
+
+
 def test_demo_through_ros2_launch_with_the_shipped_weights(tmp_path: Path) -> None:
     pytest.importorskip('launch_ros', reason='launch_ros is not installed (ROS 2, or shared/ros-launch)')
     out = tmp_path / 'demo'

@@ -14,6 +14,7 @@ from ros_testing import (
     RosProcess,
     new_domain_id,
     python_module_command,
+    ros_env,
 )
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -184,3 +185,27 @@ def test_shipped_fastdds_profile_carries_every_vga_frame_to_a_best_effort_subscr
     received = images.messages
     assert len(received) == frames, f'{len(received)} of {frames} frames arrived:\n{proc.output}'
     assert all(len(m.data) == 640 * 480 * 3 for m in received)
+
+
+@pytest.mark.parametrize(('module', 'parameters'), [
+    (MODULE, ('source', 'path', 'rate', 'encoding', 'wait_for_subscribers')),
+    ('jetseg_ros.segmentation_node', ('profile', 'checkpoint', 'overlay_alpha', 'input_transport')),
+])
+def test_help_lists_the_parameters_and_starts_nothing(module: str, parameters: tuple[str, ...]) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, '-m', module, '--help'], capture_output=True, text=True,
+                          timeout=60, env=ros_env(new_domain_id()), cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith('usage: ros2 run jetseg_ros')
+    for name in parameters:
+        assert f'\n  {name} (default ' in done.stdout
+    assert 'publishing' not in done.stdout + done.stderr and 'ready' not in done.stdout + done.stderr
+
+
+def test_sim_time_without_a_clock_publisher_is_reported_not_silent() -> None:
+    params = {'use_sim_time': True, 'synthetic_scenes': 1}
+    with RosProcess(python_module_command(MODULE, params), new_domain_id()) as proc:
+        assert proc.wait_for_output('nothing publishes /clock', 30), proc.output
+        assert 'Traceback' not in proc.output
