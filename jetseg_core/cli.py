@@ -38,24 +38,22 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, minimum: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
+        raise argparse.ArgumentTypeError(f'expected {expected}, got {text!r}') from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f'expected {expected}, got {text!r}')
     return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1, 'a positive integer')
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected a whole number >= 0, got {text!r}') from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'expected a whole number >= 0, got {text!r}')
-    return value
+    return _int_at_least(text, 0, 'a whole number >= 0')
 
 
 def positive_int_list(text: str) -> list[int]:
