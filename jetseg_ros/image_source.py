@@ -101,7 +101,12 @@ class SyntheticReader:
 
     def __init__(self, width: int, height: int, seed: int = 0, scenes: int = 8, hold: int = 10) -> None:
         from jetseg_core.data.synthetic import generate_scene
-        size = (height or SYNTHETIC_DEFAULT_SIZE[0], width or SYNTHETIC_DEFAULT_SIZE[1])
+        default_h, default_w = SYNTHETIC_DEFAULT_SIZE
+        if width and not height:  # one side given: the other keeps the default 4:3, as resize_rgb does
+            height = max(1, round(width * default_h / default_w))
+        elif height and not width:
+            width = max(1, round(height * default_w / default_h))
+        size = (height or default_h, width or default_w)
         self._scenes = [generate_scene(seed + i, size)[0] for i in range(max(1, scenes))]
         self._hold = max(1, hold)
         self._index = 0
@@ -301,8 +306,10 @@ PARAMETERS: tuple[tuple[str, object, str], ...] = (
     ('path', '', 'video file, image folder or rosbag2 (directory, .db3, .mcap)'),
     ('topic', '', 'rosbag image topic to replay; empty = the first image topic'),
     ('rate', 15.0, 'frames per second'),
-    ('width', 0, 'output width in pixels; 0 = the source size (synthetic: 640)'),
-    ('height', 0, 'output height in pixels; 0 = the source size (synthetic: 480)'),
+    ('width', 0, 'output width in pixels; 0 = from height keeping the aspect ratio, or the source '
+                 'size (synthetic: 640)'),
+    ('height', 0, 'output height in pixels; 0 = from width keeping the aspect ratio, or the source '
+                  'size (synthetic: 480)'),
     ('encoding', 'rgb8', f"image encoding: {', '.join(SUPPORTED_ENCODINGS)}"),
     ('frame_id', 'camera', 'header.frame_id of images and camera_info'),
     ('loop', True, 'restart a video, folder or bag at its end (synthetic never ends)'),

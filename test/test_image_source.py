@@ -71,6 +71,14 @@ def test_synthetic_frames_have_requested_size_encoding_rate_and_camera_info() ->
         assert_camera_info_matches(msg, by_stamp[(msg.header.stamp.sec, msg.header.stamp.nanosec)])
 
 
+@pytest.mark.parametrize(('width', 'height', 'expected'), [(320, 0, (240, 320)), (0, 120, (120, 160)),
+                                                         (0, 0, (480, 640))])
+def test_synthetic_scenes_keep_their_aspect_ratio_when_one_side_is_given(width, height, expected) -> None:
+    from jetseg_ros.image_source import SyntheticReader
+
+    assert SyntheticReader(width, height, scenes=1).read().shape == (*expected, 3)
+
+
 def test_folder_frames_come_in_file_name_order_resized_and_end_without_loop(tmp_path: Path) -> None:
     from PIL import Image as PILImage
 
