@@ -219,7 +219,14 @@ def _stamp_ns(header: Header) -> int:
 
 
 def scale_camera_info(info: CameraInfo, header: Header, size: tuple[int, int] | None) -> CameraInfo:
-    """``info`` re-stamped with ``header``; K, P, ROI and size scaled when outputs are ``size`` (H, W)."""
+    """``info`` re-stamped with ``header``; when the outputs are ``size`` (H, W), the calibration of
+    a camera whose whole image is the output.
+
+    The input image is the camera's ROI (all of it when the ROI is empty), binned; K and P are
+    for the full unbinned sensor. The output covers that ROI at ``size``, so K and P are shifted
+    to the ROI's corner and scaled by output pixels per sensor pixel; ROI and binning are then
+    empty. Without ROI or binning this is plain scaling.
+    """
     out = CameraInfo()
     out.header = Header(stamp=header.stamp, frame_id=header.frame_id or info.header.frame_id)
     out.height, out.width = info.height, info.width
@@ -231,20 +238,20 @@ def scale_camera_info(info: CameraInfo, header: Header, size: tuple[int, int] | 
     out.binning_x, out.binning_y = info.binning_x, info.binning_y
     out.roi = RegionOfInterest(x_offset=info.roi.x_offset, y_offset=info.roi.y_offset, height=info.roi.height,
                                width=info.roi.width, do_rectify=info.roi.do_rectify)
-    if size is not None and info.width and info.height and (size[0], size[1]) != (info.height, info.width):
-        sy, sx = size[0] / info.height, size[1] / info.width
-        k, p = list(info.k), list(info.p)
-        k[0], k[2], k[4], k[5] = k[0] * sx, k[2] * sx, k[4] * sy, k[5] * sy
-        p[0], p[2], p[3] = p[0] * sx, p[2] * sx, p[3] * sx
-        p[5], p[6], p[7] = p[5] * sy, p[6] * sy, p[7] * sy  # p[7]: Ty of a vertical stereo pair
-        out.k, out.p = k, p
-        out.height, out.width = int(size[0]), int(size[1])
-        # K, P and the ROI are now at the output's pixels: an image binned on the camera no longer
-        # needs dividing, and would be divided twice if binning stayed.
-        out.binning_x = out.binning_y = 0
-        roi = out.roi
-        roi.x_offset, roi.width = round(roi.x_offset * sx), round(roi.width * sx)
-        roi.y_offset, roi.height = round(roi.y_offset * sy), round(roi.height * sy)
+    if size is None or not info.width or not info.height:
+        return out
+    roi = info.roi
+    x0, y0 = (roi.x_offset, roi.y_offset) if roi.width and roi.height else (0, 0)
+    seen_w, seen_h = (roi.width, roi.height) if roi.width and roi.height else (info.width, info.height)
+    sx, sy = size[1] / seen_w, size[0] / seen_h
+    k, p = list(info.k), list(info.p)
+    k[0], k[2], k[4], k[5] = k[0] * sx, (k[2] - x0) * sx, k[4] * sy, (k[5] - y0) * sy
+    p[0], p[2], p[3] = p[0] * sx, (p[2] - x0) * sx, p[3] * sx  # p[3]: -fx * baseline
+    p[5], p[6], p[7] = p[5] * sy, (p[6] - y0) * sy, p[7] * sy  # p[7]: Ty of a vertical stereo pair
+    out.k, out.p = k, p
+    out.height, out.width = int(size[0]), int(size[1])
+    out.binning_x = out.binning_y = 0
+    out.roi = RegionOfInterest()
     return out
 
 

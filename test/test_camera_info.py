@@ -34,15 +34,25 @@ def test_outputs_at_input_size_keep_the_calibration_and_take_the_image_header():
     assert list(out.k) == list(info.k) and list(out.p) == list(info.p) and list(out.d) == list(info.d)
 
 
-def test_outputs_at_network_size_scale_k_p_and_roi_and_need_no_binning():
-    out = scale_camera_info(_stereo_info(), _header(), (96, 128))
-    sx, sy = 128 / 640, 96 / 480
+def test_outputs_at_network_size_of_a_whole_binned_image_scale_k_and_p():
+    info = _stereo_info()
+    info.roi = RegionOfInterest()  # the whole sensor, binned 2x2: the node sees 320x240 images
+    out = scale_camera_info(info, _header(), (96, 128))
+    s = 128 / 640  # output pixels per sensor pixel, whatever the binning
     assert (out.height, out.width) == (96, 128)
-    assert list(out.k) == pytest.approx([400 * sx, 0, 320 * sx, 0, 410 * sy, 240 * sy, 0, 0, 1])
-    assert list(out.p) == pytest.approx(
-        [400 * sx, 0, 320 * sx, 0, 0, 410 * sy, 240 * sy, -30 * sy, 0, 0, 1, 0])
-    # K is now in the output's pixels: a consumer that divided by the binning would halve it again.
+    assert list(out.k) == pytest.approx([400 * s, 0, 320 * s, 0, 410 * s, 240 * s, 0, 0, 1])
+    assert list(out.p) == pytest.approx([400 * s, 0, 320 * s, 0, 0, 410 * s, 240 * s, -30 * s, 0, 0, 1, 0])
+    # K is in the output's pixels: a consumer that divided by the binning would halve it again.
     assert (out.binning_x, out.binning_y) == (0, 0)
+
+
+def test_outputs_at_network_size_of_a_region_of_interest_are_a_camera_of_their_own():
+    # The node sees the 320x240 ROI at (64, 48), binned to 160x120; the outputs cover that ROI.
+    out = scale_camera_info(_stereo_info(), _header(), (96, 128))
+    s = 128 / 320
+    assert list(out.k) == pytest.approx([400 * s, 0, (320 - 64) * s, 0, 410 * s, (240 - 48) * s, 0, 0, 1])
+    assert list(out.p) == pytest.approx(
+        [400 * s, 0, (320 - 64) * s, 0, 0, 410 * s, (240 - 48) * s, -30 * s, 0, 0, 1, 0])
     roi = out.roi
-    assert (roi.x_offset, roi.y_offset, roi.width, roi.height) == (13, 10, 64, 48)
-    assert roi.do_rectify
+    assert (out.height, out.width, out.binning_x, out.binning_y) == (96, 128, 0, 0)
+    assert (roi.x_offset, roi.y_offset, roi.width, roi.height) == (0, 0, 0, 0)  # the whole output
