@@ -182,9 +182,10 @@ def _nearest_indices(src: tuple[int, int], dst: tuple[int, int]) -> tuple[np.nda
 
     Like PIL's NEAREST; unlike cv2's, ties never depend on rounding. Cached per shape pair.
     """
-    rows = ((np.arange(dst[0]) + 0.5) * src[0] / dst[0]).astype(np.intp)
-    cols = ((np.arange(dst[1]) + 0.5) * src[1] / dst[1]).astype(np.intp)
-    return np.minimum(rows, src[0] - 1), np.minimum(cols, src[1] - 1)
+    rows = np.minimum(((np.arange(dst[0]) + 0.5) * src[0] / dst[0]).astype(np.intp), src[0] - 1)
+    cols = np.minimum(((np.arange(dst[1]) + 0.5) * src[1] / dst[1]).astype(np.intp), src[1] - 1)
+    rows.flags.writeable = cols.flags.writeable = False  # shared by every call with these shapes
+    return rows, cols
 
 
 def nearest_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
