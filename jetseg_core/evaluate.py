@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .cli import OneLineParser, UsageError, non_negative_int, parse_size, positive_int, usage_error
 from .train import DATASETS, SYNTHETIC_VAL_SEED_OFFSET, Dist, select_device
@@ -37,6 +38,9 @@ def build_parser() -> OneLineParser:
     p.add_argument('--threads', type=positive_int, default=None)
     p.add_argument('--workers', type=non_negative_int, default=0, help='DataLoader workers')
     p.add_argument('--limit', type=positive_int, default=None, help='evaluate only the first N images')
+    p.add_argument('--native-labels', action='store_true',
+                   help='score against the labels at their stored size (logits upsampled bilinearly '
+                        'to it), as benchmark protocols do; default: at the network input size')
     p.add_argument('--synthetic-scenes', type=positive_int, default=64, help='held-out synthetic scenes')
     p.add_argument('--seed', type=int, default=0,
                    help=f'synthetic: the training seed; scenes start at seed + {SYNTHETIC_VAL_SEED_OFFSET}')
@@ -48,7 +52,7 @@ def build_parser() -> OneLineParser:
 def _dataset(args: argparse.Namespace, size: tuple[int, int], mean, std):
     from .data.transforms import EvalTransform
 
-    tf = EvalTransform(size, mean=tuple(mean), std=tuple(std))
+    tf = EvalTransform(size, mean=tuple(mean), std=tuple(std), native_labels=args.native_labels)
     if args.dataset == 'synthetic':
         from .data.synthetic import SyntheticScenes
 
@@ -94,6 +98,11 @@ def plot_confusion(matrix: np.ndarray, class_names: Sequence[str], path: Path, t
     fig.savefig(path)
 
 
+def _images_and_label_list(batch: list[tuple[torch.Tensor, torch.Tensor]]
+                           ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    return torch.stack([image for image, _ in batch]), [labels for _, labels in batch]
+
+
 def run_evaluation(model: torch.nn.Module, dataset, num_classes: int, device: torch.device, batch_size: int,
                    workers: int = 0, limit: int | None = None) -> tuple[Any, np.ndarray, float]:
     """(metrics report, confusion matrix counts, model images per second) over a dataset."""
@@ -101,22 +110,28 @@ def run_evaluation(model: torch.nn.Module, dataset, num_classes: int, device: to
 
     if limit is not None and limit < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(limit))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    # Labels travel as a list: at their stored size (--native-labels) they may differ per image.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=_images_and_label_list)
     cm = ConfusionMatrix(num_classes)
     model.eval().to(device)
     model_s, images = 0.0, 0
     with torch.inference_mode():
-        for x, y in loader:
+        for x, labels in loader:
             x = x.to(device)
             if device.type == 'cuda':
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
-            pred = model(x).argmax(1)
+            logits = model(x)
             if device.type == 'cuda':
                 torch.cuda.synchronize(device)
             model_s += time.perf_counter() - t0
             images += x.shape[0]
-            cm.update(pred.cpu(), y)
+            for one, y in zip(logits, labels, strict=True):
+                if one.shape[-2:] != y.shape:
+                    one = F.interpolate(one[None].float(), size=tuple(y.shape), mode='bilinear',
+                                        align_corners=False)[0]
+                cm.update(one.argmax(0)[None].cpu(), y[None])
     report = cm.compute()
     return report, np.asarray(report.confusion), images / max(model_s, 1e-9)
 
@@ -156,8 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dataset == 'synthetic':
             where = (f'{args.synthetic_scenes} held-out synthetic scenes '
                      f'(seed {args.seed} + {SYNTHETIC_VAL_SEED_OFFSET})')
+        scored = "the labels' stored size" if args.native_labels else 'network size'
         print(f'{meta.profile} ({args.checkpoint or "shipped weights"}) on {where}: '
-              f'{n} images at {size[0]}x{size[1]}, device {device}')
+              f'{n} images at {size[0]}x{size[1]}, scored at {scored}, device {device}')
         print(format_iou_table(report, list(meta.class_names)))
         print(f'mIoU {100 * report.miou:.2f}%  pixel accuracy {100 * report.pixel_accuracy:.2f}%  '
               f'{ips:.1f} images/s (model, batch {args.batch_size})')
@@ -170,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          for v in np.asarray(report.per_class_iou, dtype=np.float64)]
             result = {
                 'checkpoint': args.checkpoint or 'shipped', 'profile': meta.profile, 'dataset': args.dataset,
-                'split': args.split, 'images': n, 'input_size': list(size), 'miou': float(report.miou),
+                'split': args.split, 'images': n, 'input_size': list(size),
+                'scored_at': 'native' if args.native_labels else 'network', 'miou': float(report.miou),
                 'pixel_accuracy': float(report.pixel_accuracy),
                 'per_class_iou': dict(zip(meta.class_names, per_class, strict=True)),
                 'absent_classes': [meta.class_names[i] if isinstance(i, int) else i

@@ -168,3 +168,40 @@ def test_16_bit_png_files_are_scaled_to_8_bits_not_clipped(tmp_path: Path):
     rgb = predict.read_image(path)
     assert rgb.shape == (1, 4, 3) and rgb.dtype == np.uint8
     assert rgb[0, :, 0].tolist() == [0, 1, 156, 255] and (rgb == rgb[..., :1]).all()
+
+
+def test_eval_with_native_labels_scores_upsampled_logits_against_the_stored_labels(tiny_checkpoint: Path,
+                                                                                   tmp_path: Path):
+    import torch
+    import torch.nn.functional as F
+
+    from jetseg_core.checkpoint import load_checkpoint
+    from jetseg_core.data.transforms import EvalTransform
+
+    # CamVid (SegNet layout), two test images of different sizes, neither the network's 96x128.
+    root = tmp_path / 'camvid'
+    pairs = []
+    for i, size in enumerate([(120, 160), (90, 150)]):
+        rgb, labels = generate_scene(200 + i, size)
+        for folder, array in (('test', rgb), ('testannot', labels)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(root / folder / f'img{i}.png')
+        pairs.append((rgb, labels))
+    js = tmp_path / 'eval.json'
+    assert evaluate.main([str(tiny_checkpoint), '--dataset', 'camvid', '--data-root', str(root),
+                          '--native-labels', '--threads', '1', '--batch-size', '2',
+                          '--confusion', str(tmp_path / 'cm.png'), '--json', str(js)]) == 0
+    result = json.loads(js.read_text())
+    assert result['scored_at'] == 'native'
+
+    model, meta = load_checkpoint(tiny_checkpoint)
+    expected = np.zeros((11, 11), np.int64)
+    transform = EvalTransform(meta.input_size, meta.mean, meta.std)
+    with torch.inference_mode():
+        for rgb, labels in pairs:
+            logits = model(transform(rgb)[0][None])
+            pred = F.interpolate(logits, size=labels.shape, mode='bilinear', align_corners=False)[0].argmax(0)
+            keep = labels < 11
+            np.add.at(expected, (labels[keep], pred.numpy()[keep]), 1)
+    assert np.array_equal(np.array(result['confusion_matrix']), expected)
+    assert expected.sum() == (pairs[0][1] < 11).sum() + (pairs[1][1] < 11).sum()

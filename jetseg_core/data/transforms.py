@@ -160,13 +160,15 @@ class TrainTransform:
 class EvalTransform:
     """Resize to the network size (bilinear image, nearest labels) and normalise.
 
-    Size None keeps the input size.
+    Size None keeps the input size. ``native_labels`` leaves the labels at their stored size, for
+    scoring against them as benchmark protocols do (the predictions are upsampled instead).
     """
 
     def __init__(self, size: Sequence[int] | int | None, mean: Sequence[float] = DEFAULT_MEAN,
-                 std: Sequence[float] = DEFAULT_STD):
+                 std: Sequence[float] = DEFAULT_STD, native_labels: bool = False):
         self.size = None if size is None else _size(size)
         self.mean, self.std = tuple(mean), tuple(std)
+        self.native_labels = native_labels
 
     def __call__(self, rgb: np.ndarray, labels: np.ndarray | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -174,5 +176,6 @@ class EvalTransform:
         image = _to_float(rgb)
         target = None if labels is None else _tensor(labels).long()
         if self.size is not None:
-            image, target = resize_pair(image, target, self.size)
+            image, resized = resize_pair(image, None if self.native_labels else target, self.size)
+            target = target if self.native_labels else resized
         return normalize(image.contiguous(), self.mean, self.std), target
