@@ -344,8 +344,8 @@ class Segmenter:
 
         Labels are the argmax of the logits bilinearly upsampled to the network's input size,
         resized to the output size by nearest neighbour: what the node publishes, fast. With
-        ``return_probs`` the logits are upsampled straight to the output size instead (slower;
-        ~3 % of pixels, along class boundaries, then differ), and labels == probs.argmax(0).
+        ``return_probs`` the logits are upsampled straight to the output size instead (slower; a
+        few % of pixels at most, along class boundaries, then differ), and labels == probs.argmax(0).
         """
         return self.segment_batch([rgb], output_size=output_size, return_probs=return_probs)[0]
 

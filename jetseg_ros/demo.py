@@ -485,7 +485,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.use_launch and importlib.util.find_spec('launch_ros') is None:
         parser.error('--use-launch needs launch_ros (a ROS 2 install); '
                      'run without it to start the nodes directly')
-    if args.use_launch and (args.size, args.qos) != (parser.get_default('size'), parser.get_default('qos')):
+    default_size = frame_size(parser.get_default('size'), minimum=64)
+    if args.use_launch and ((args.width, args.height), args.qos) != (default_size, parser.get_default('qos')):
         parser.error('--size and --qos cannot be used with --use-launch: the launch file starts the '
                      "image source at 640x480 and the node with config/<profile>.yaml's QoS")
     return args

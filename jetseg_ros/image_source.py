@@ -73,15 +73,22 @@ def pinhole_camera_info(width: int, height: int, frame_id: str = 'camera',
     return info
 
 
-def resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Resize to width x height; a 0 keeps the aspect ratio from the other side, two 0s keep the size."""
-    h, w = rgb.shape[:2]
+def output_size(width: int, height: int, source_w: int, source_h: int) -> tuple[int, int]:
+    """(width, height) of the frames sent: a 0 follows the other side at the source's aspect
+    ratio; two 0s keep the source size."""
     if width <= 0 and height <= 0:
-        return rgb
+        return source_w, source_h
     if width <= 0:
-        width = max(1, round(w * height / h))
+        width = max(1, round(source_w * height / source_h))
     if height <= 0:
-        height = max(1, round(h * width / w))
+        height = max(1, round(source_h * width / source_w))
+    return width, height
+
+
+def resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize to width x height, completed by :func:`output_size`."""
+    h, w = rgb.shape[:2]
+    width, height = output_size(width, height, w, h)
     if (width, height) == (w, h):
         return rgb
     from PIL import Image as PILImage
@@ -101,12 +108,8 @@ class SyntheticReader:
 
     def __init__(self, width: int, height: int, seed: int = 0, scenes: int = 8, hold: int = 10) -> None:
         from jetseg_core.data.synthetic import generate_scene
-        default_h, default_w = SYNTHETIC_DEFAULT_SIZE
-        if width and not height:  # one side given: the other keeps the default 4:3, as resize_rgb does
-            height = max(1, round(width * default_h / default_w))
-        elif height and not width:
-            width = max(1, round(height * default_w / default_h))
-        size = (height or default_h, width or default_w)
+        width, height = output_size(width, height, SYNTHETIC_DEFAULT_SIZE[1], SYNTHETIC_DEFAULT_SIZE[0])
+        size = (height, width)
         self._scenes = [generate_scene(seed + i, size)[0] for i in range(max(1, scenes))]
         self._hold = max(1, hold)
         self._index = 0
@@ -229,8 +232,10 @@ class RosbagReader:
         try:
             # sensor_msgs images are the same in every ROS 2 release: take the newest store this
             # rosbags knows (older releases lack ROS2_KILTED) for bags that carry no definitions.
-            newest = next(getattr(Stores, name) for name in ('ROS2_KILTED', 'ROS2_JAZZY', 'ROS2_HUMBLE')
-                          if hasattr(Stores, name))
+            newest = next((getattr(Stores, name) for name in ('ROS2_KILTED', 'ROS2_JAZZY', 'ROS2_HUMBLE')
+                           if hasattr(Stores, name)), None)
+            if newest is None:
+                raise SourceError('this rosbags release knows no ROS 2 message types: pip install -U rosbags')
             self._reader = AnyReader([path], default_typestore=get_typestore(newest))
             self._reader.open()
         except (AnyReaderError, OSError, ValueError, KeyError) as err:
@@ -432,7 +437,7 @@ def _fail(message: str) -> int:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of `image_source`: 0 after num_frames / the end of the source / Ctrl-C, 2 on bad input."""
-    exit_if_help_requested(args, 'image_source', __doc__.split('\n\n')[0], PARAMETERS)
+    exit_if_help_requested(args, 'image_source', (__doc__ or '').split('\n\n')[0], PARAMETERS)
     tune_malloc()  # a new frame-sized message every tick
     route_sigint_to_rclpy()
     rclpy.init(args=args)

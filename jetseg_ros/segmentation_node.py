@@ -61,7 +61,8 @@ NO_IMAGE_WARNING_S = 5.0
 DIAGNOSTICS_PERIOD_S = 1.0
 ERROR_LOG_INTERVAL_S = 5.0
 MAX_THROTTLED_KINDS = 64
-_VARYING_DETAILS = re.compile(r'0x[0-9a-fA-F]+|\d+(\.\d+)?')  # sizes, lengths, ages, addresses
+# Sizes, lengths, ages and addresses; not the digits inside names such as 'yuv422' or '16UC1'.
+_VARYING_DETAILS = re.compile(r'\b(0x[0-9a-fA-F]+|\d+(\.\d+)?)\b')
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -245,8 +246,9 @@ def scale_camera_info(info: CameraInfo, header: Header, size: tuple[int, int] | 
     seen_w, seen_h = (roi.width, roi.height) if roi.width and roi.height else (info.width, info.height)
     sx, sy = size[1] / seen_w, size[0] / seen_h
     k, p = list(info.k), list(info.p)
-    k[0], k[2], k[4], k[5] = k[0] * sx, (k[2] - x0) * sx, k[4] * sy, (k[5] - y0) * sy
-    p[0], p[2], p[3] = p[0] * sx, (p[2] - x0) * sx, p[3] * sx  # p[3]: -fx * baseline
+    k[0], k[1], k[2] = k[0] * sx, k[1] * sx, (k[2] - x0) * sx  # k[1]: skew
+    k[4], k[5] = k[4] * sy, (k[5] - y0) * sy
+    p[0], p[1], p[2], p[3] = p[0] * sx, p[1] * sx, (p[2] - x0) * sx, p[3] * sx  # p[3]: -fx * baseline
     p[5], p[6], p[7] = p[5] * sy, (p[6] - y0) * sy, p[7] * sy  # p[7]: Ty of a vertical stereo pair
     out.k, out.p = k, p
     out.height, out.width = int(size[0]), int(size[1])
@@ -657,14 +659,14 @@ def _inference_thread_running() -> bool:
 
 def main(args: list[str] | None = None) -> None:
     """Console entry point; exits with status 2 (one log line, no traceback) on a bad configuration."""
+    exit_if_help_requested(args, 'segmentation_node', (__doc__ or '').split('\n\n')[0],
+                           ((p.name, p.default, p.descriptor().description) for p in PARAMETERS))
     # With more than one inference thread (agx, workstation, or num_threads > 1): a robot's CPU
     # is shared, and OpenMP threads that spin-wait between ops collapse when another process
     # keeps one core busy. The nano node on 2 threads fell from 30 Hz to 1.2 Hz (inference 9 ms
     # -> 0.5 s) against one busy Python process on 2 cores; passive waiting kept 30 Hz. On a
     # dedicated CPU spinning is faster: set OMP_WAIT_POLICY yourself. libgomp reads it when
     # torch loads (on the inference thread, later): the user's value wins.
-    exit_if_help_requested(args, 'segmentation_node', __doc__.split('\n\n')[0],
-                           ((p.name, p.default, p.descriptor().description) for p in PARAMETERS))
     os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     tune_malloc()
     route_sigint_to_rclpy()

@@ -42,12 +42,17 @@ stamp="$VENV/.jetseg-deps"
 want="$(cat "$ROOT/requirements.txt" "$ROOT/scripts/setup.sh" | sha256sum | cut -c1-16) ${ROS_LAUNCH:-none}"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first and pinned, from PyTorch's CPU index when it can be reached: PyPI's Linux x86
-  # wheel is the CUDA build, which pulls several GB of nvidia-* packages. Offline, or behind a
-  # mirror (pip's own configuration), the pin is resolved as pip is configured.
+  # wheel is the CUDA build, which pulls several GB of nvidia-* packages. Offline, or with an
+  # index of your own (PIP_INDEX_URL, pip.conf), the pin is resolved as pip is configured.
+  own_index="${PIP_INDEX_URL:-$("$PY" -m pip config get global.index-url 2>/dev/null || true)}"
   if ! "$PY" -c 'import torch' 2>/dev/null; then
     cpu_index="${JETSEG_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
-    if "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=10)' \
-        "$cpu_index" 2>/dev/null; then
+    cpu_index="${cpu_index%/}"
+    if [ -z "$own_index" ] || [ -n "${JETSEG_TORCH_INDEX:-}" ]; then
+      "$PY" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=10)' \
+        "$cpu_index" 2>/dev/null && use_cpu_index=1
+    fi
+    if [ -n "${use_cpu_index:-}" ]; then
       log "pip: torch==2.13.0 (CPU) from $cpu_index"
       pipi --index-url "$cpu_index" --extra-index-url https://pypi.org/simple torch==2.13.0 ||
         { log "pip: no torch==2.13.0 there for this machine, trying pip's own index"; pipi torch==2.13.0; }

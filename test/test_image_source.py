@@ -195,16 +195,18 @@ def test_shipped_fastdds_profile_carries_every_vga_frame_to_a_best_effort_subscr
     assert all(len(m.data) == 640 * 480 * 3 for m in received)
 
 
+@pytest.mark.parametrize('python_flags', [(), ('-OO',)])  # -OO strips the docstrings help quotes
 @pytest.mark.parametrize(('module', 'parameters'), [
     (MODULE, ('source', 'path', 'rate', 'encoding', 'wait_for_subscribers')),
     ('jetseg_ros.segmentation_node', ('profile', 'checkpoint', 'overlay_alpha', 'input_transport')),
 ])
-def test_help_lists_the_parameters_and_starts_nothing(module: str, parameters: tuple[str, ...]) -> None:
+def test_help_lists_the_parameters_and_starts_nothing(module: str, parameters: tuple[str, ...],
+                                                      python_flags: tuple[str, ...]) -> None:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, '-m', module, '--help'], capture_output=True, text=True,
-                          timeout=60, env=ros_env(new_domain_id()), cwd=REPO_ROOT)
+    done = subprocess.run([sys.executable, *python_flags, '-m', module, '--help'], capture_output=True,
+                          text=True, timeout=60, env=ros_env(new_domain_id()), cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith('usage: ros2 run jetseg_ros')
     for name in parameters:
@@ -217,3 +219,10 @@ def test_sim_time_without_a_clock_publisher_is_reported_not_silent() -> None:
     with RosProcess(python_module_command(MODULE, params), new_domain_id()) as proc:
         assert proc.wait_for_output('nothing publishes /clock', 30), proc.output
         assert 'Traceback' not in proc.output
+
+
+def test_the_source_runs_under_python_OO() -> None:
+    cmd = python_module_command(MODULE, {'num_frames': 2, 'synthetic_scenes': 1})
+    with RosProcess([cmd[0], '-OO', *cmd[1:]], new_domain_id()) as proc:
+        assert proc.wait(30) == 0, proc.output
+    assert 'Traceback' not in proc.output
