@@ -372,14 +372,15 @@ class ImageSource(Node):
         self._info: CameraInfo | None = None
         self._ready_since: float | None = None
         self._timer = self.create_timer(1.0 / self.rate, self._tick)  # on the node clock: sim time too
-        self._clock_check = self.create_timer(NO_CLOCK_WARNING_S, self._warn_if_no_clock,
-                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
+        if self.get_parameter('use_sim_time').value:
+            self._clock_check = self.create_timer(NO_CLOCK_WARNING_S, self._warn_if_no_clock,
+                                                  clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(
             f'publishing {self.source_name} frames on {self.image_pub.topic_name} at {self.rate:g} Hz '
             f'({self.encoding}' + (f', {self.num_frames} frames' if self.num_frames else '') + ')')
 
     def _warn_if_no_clock(self) -> None:
-        """With use_sim_time and nothing on /clock, the node clock stands at 0 and no tick ever comes."""
+        """Nothing on /clock: with use_sim_time the node clock stands at 0, and no tick ever comes."""
         if self.published or self.get_clock().now().nanoseconds:
             self._clock_check.cancel()
             return

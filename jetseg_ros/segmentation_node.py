@@ -242,8 +242,10 @@ def scale_camera_info(info: CameraInfo, header: Header, size: tuple[int, int] | 
     if size is None or not info.width or not info.height:
         return out
     roi = info.roi
-    x0, y0 = (roi.x_offset, roi.y_offset) if roi.width and roi.height else (0, 0)
-    seen_w, seen_h = (roi.width, roi.height) if roi.width and roi.height else (info.width, info.height)
+    if roi.width and roi.height:
+        x0, y0, seen_w, seen_h = roi.x_offset, roi.y_offset, roi.width, roi.height
+    else:  # an empty ROI is the whole sensor
+        x0, y0, seen_w, seen_h = 0, 0, info.width, info.height
     sx, sy = size[1] / seen_w, size[0] / seen_h
     k, p = list(info.k), list(info.p)
     k[0], k[1], k[2] = k[0] * sx, k[1] * sx, (k[2] - x0) * sx  # k[1]: skew

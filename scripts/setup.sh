@@ -44,8 +44,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # torch first and pinned, from PyTorch's CPU index when it can be reached: PyPI's Linux x86
   # wheel is the CUDA build, which pulls several GB of nvidia-* packages. Offline, or with an
   # index of your own (PIP_INDEX_URL, pip.conf), the pin is resolved as pip is configured.
-  own_index="${PIP_INDEX_URL:-$("$PY" -m pip config get global.index-url 2>/dev/null || true)}"
   if ! "$PY" -c 'import torch' 2>/dev/null; then
+    own_index="${PIP_INDEX_URL:-$("$PY" -m pip config get global.index-url 2>/dev/null || true)}"
     cpu_index="${JETSEG_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
     cpu_index="${cpu_index%/}"
     if [ -z "$own_index" ] || [ -n "${JETSEG_TORCH_INDEX:-}" ]; then
