@@ -35,6 +35,7 @@ from jetseg_core.checkpoint import CheckpointError, CheckpointMeta, resolve_chec
 from jetseg_core.cli import OneLineParser, UsageError, parse_size, positive_int_list, usage_error
 from jetseg_core.inference import Segmenter
 from jetseg_core.malloc import tune_malloc
+from jetseg_core.profiles import resolve_thread_setting
 
 VARIANTS = ('eager', 'unfolded', 'folded', 'rewritten', 'graph')
 
@@ -81,10 +82,14 @@ def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, int] | None, threads: list[int],
-                  iterations: int, warmup: int, variants: list[str], checkpoint: str, device: str,
-                  gap_ms: float = 0.0, out=None) -> dict[tuple[int, str], list[float]]:
-    """Time the variants interleaved; print the table; return raw times (ms) per (threads, variant)."""
+def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, int] | None,
+                  threads: list[int] | None, iterations: int, warmup: int, variants: list[str],
+                  checkpoint: str, device: str, gap_ms: float = 0.0,
+                  out=None) -> dict[tuple[int, str], list[float]]:
+    """Time the variants interleaved; print the table; return raw times (ms) per (threads, variant).
+
+    ``threads`` None or empty: the profile's best on the device, as the node and jetseg-predict run it.
+    """
     out = out or sys.stdout
     model, meta = resolve_checkpoint(checkpoint, profile)
     if checkpoint.strip() == 'untrained':
@@ -106,6 +111,8 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
             segmenters[name] = seg
             runners[name] = lambda rgb, seg=seg: seg.segment(rgb).labels
     dev = next(iter(segmenters.values())).device if segmenters else device
+    if not threads:
+        threads = [resolve_thread_setting(meta.profile, dev).count]
     h, w = meta.input_size
     print(f'JetSeg {profile} ({meta.num_classes} classes), network {h}x{w}, frame '
           f'{frame_size[0]}x{frame_size[1]}, device {dev}, torch {torch.__version__}, '
@@ -170,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                         help='network input HEIGHTxWIDTH for untrained weights (default 360x480)')
     parser.add_argument('--frame-size', type=parse_size, default=None,
                         help='camera frame HEIGHTxWIDTH fed in (default: the network size)')
-    parser.add_argument('--threads', type=positive_int_list, default=[1, 2],
-                        help='thread counts, e.g. 1,2 (default)')
+    parser.add_argument('--threads', type=positive_int_list, default=None,
+                        help="thread counts, e.g. 1,2 (default: the profile's best, as the node runs it: "
+                             '1 for nano on CPU, else one per core)')
     parser.add_argument('--iterations', type=int, default=30, help='timed frames per variant (default 30)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames per variant first (default 3)')
     parser.add_argument('--variants', type=_variant_list, default=list(VARIANTS),

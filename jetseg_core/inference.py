@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from jetseg_core.checkpoint import CheckpointMeta, resolve_checkpoint
 from jetseg_core.fuse import fold_batchnorm, rewrite_for_cpu
+from jetseg_core.profiles import DEFAULT_PRECISION, apply_thread_setting
 
 __all__ = ['DEVICES', 'PRECISIONS', 'Segmentation', 'Segmenter', 'nearest_resize', 'upsampled_labels']
 
@@ -238,8 +239,10 @@ class Segmenter:
     """Runs a JetSeg network on uint8 RGB frames of any size.
 
     ``device``: 'auto' (CUDA if available), 'cpu' or 'cuda'. ``precision``: 'fp32',
-    'fp16' (CUDA only) or 'auto' (fp16 on CUDA). ``num_threads`` sets torch's CPU
-    thread count (process-wide). ``fold_bn`` folds BatchNorm into convolutions.
+    'fp16' (CUDA only) or 'auto' (the default: fp16 on CUDA). ``num_threads`` sets torch's CPU
+    thread count (process-wide); None (the default) sets the profile's best
+    (:func:`jetseg_core.profiles.apply_thread_setting`: 1 for nano on CPU, else one per core),
+    shown in ``threads``. ``fold_bn`` folds BatchNorm into convolutions.
     The other switches exist for benchmarks and tests; their defaults (None) are what
     ``jetseg-benchmark`` measured fastest. ``cpu_rewrites``: :func:`jetseg_core.fuse.rewrite_for_cpu`
     (dense 1x1 convs, no shuffles, no width dilation; default on CPU). ``channels_last``: NHWC
@@ -249,15 +252,14 @@ class Segmenter:
     """
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, device: str = 'auto',
-                 precision: str = 'fp32', num_threads: int | None = None, fold_bn: bool = True,
+                 precision: str = DEFAULT_PRECISION, num_threads: int | None = None, fold_bn: bool = True,
                  channels_last: bool | None = None, torchscript: bool | None = None,
                  cpu_rewrites: bool | None = None) -> None:
         self._device = _resolve_device(device)
         self.precision = _resolve_precision(precision, self._device)
-        if num_threads is not None:
-            if not isinstance(num_threads, int) or num_threads < 1:
-                raise ValueError(f'num_threads must be a positive integer, got {num_threads!r}')
-            torch.set_num_threads(num_threads)
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise ValueError(f'num_threads must be a positive integer, got {num_threads!r}')
+        self.threads = apply_thread_setting(meta.profile, self._device.type, num_threads)
         on_cpu = self._device.type == 'cpu'
         self.channels_last = True if channels_last is None else bool(channels_last)
         self.torchscript = on_cpu if torchscript is None else bool(torchscript)

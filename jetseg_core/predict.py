@@ -31,8 +31,9 @@ def build_parser() -> OneLineParser:
                    help="checkpoint file; empty: the shipped weights of --profile; 'untrained': random init")
     p.add_argument('--profile', default='nano')
     p.add_argument('--device', default='auto')
-    p.add_argument('--precision', default='fp32', help='fp32, or fp16 on CUDA')
-    p.add_argument('--threads', type=positive_int, default=None)
+    p.add_argument('--precision', default='auto', help="fp32, fp16 (CUDA only) or auto (fp16 on CUDA)")
+    p.add_argument('--threads', type=positive_int, default=None,
+                   help="CPU threads; default: the profile's best (nano: 1 on CPU, else one per core)")
     p.add_argument('--alpha', type=float, default=0.5, help='overlay opacity of the class colours (0..1)')
     p.add_argument('--outputs', default='labels,color,overlay',
                    help='comma-separated subset of labels,color,overlay')
@@ -225,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         mean_ms = predictor.infer_ms / max(predictor.frames, 1)
         print(f'jetseg-predict: {predictor.frames} frames from {len(items) - failed} inputs into '
               f'{args.output} '
-              f'({seg.backend} on {seg.device}, {mean_ms:.1f} ms/frame segmenting, {wall:.1f} s total)')
+              f'({seg.backend} on {seg.device}, threads {seg.threads}, '
+              f'{mean_ms:.1f} ms/frame segmenting, {wall:.1f} s total)')
         if failed:
             print(f'jetseg-predict: {failed} input(s) could not be read', file=sys.stderr)
             return 1

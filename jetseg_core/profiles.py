@@ -84,6 +84,87 @@ PROFILES: dict[str, JetSegProfile] = {
 }
 
 
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How a profile runs fastest: the defaults the node, the CLIs and :class:`Segmenter` apply
+    whenever the user sets no value (``num_threads: 0`` / no ``--threads``).
+
+    Thread counts are torch's intra-op threads; 0 means one per core (torch's own default:
+    physical cores, or ``OMP_NUM_THREADS``). Precision is 'auto' for every profile (fp16 on
+    CUDA, fp32 on CPU), so it is the one default of every entry point rather than a field here.
+    """
+
+    threads_on_cpu: int = 0
+    threads_on_cuda: int = 0  # CUDA leaves the CPU only decoding and uploads: not measured, torch's default
+
+
+RUNTIME_SETTINGS: dict[str, RuntimeSettings] = {
+    # One thread: the nano network's ~250 ops are too small to split across cores (waking the other
+    # thread for each costs more than it saves). On 2 x86 cores one thread had lower latency than
+    # two (node at 640x480, 30 Hz: ~10.5 ms inference against ~27 ms on two passively waiting
+    # threads) at about 2/3 of their CPU, and the other cores stay free for the rest of the robot.
+    'nano': RuntimeSettings(threads_on_cpu=1),
+    # Wide enough layers to gain from every core.
+    'agx': RuntimeSettings(threads_on_cpu=0),
+    'workstation': RuntimeSettings(threads_on_cpu=0),
+}
+DEFAULT_PRECISION = 'auto'
+
+
+@dataclass(frozen=True)
+class ThreadSetting:
+    """A resolved thread count and where it came from ('nano default' or 'requested')."""
+
+    count: int
+    source: str
+
+    def __str__(self) -> str:
+        return f'{self.count} ({self.source})'
+
+
+_torch_default_threads: int | None = None
+
+
+def torch_default_threads() -> int:
+    """torch's own thread count in this process, read once before :func:`apply_thread_setting`
+    first changes it (so that 'one per core' can be restored later)."""
+    global _torch_default_threads
+    if _torch_default_threads is None:
+        import torch
+
+        _torch_default_threads = torch.get_num_threads()
+    return _torch_default_threads
+
+
+def resolve_thread_setting(profile: str, device: str, requested: int | None = None) -> ThreadSetting:
+    """The thread count to run with: ``requested`` when positive, else the profile's best on ``device``.
+
+    A profile without run-time settings (a checkpoint of a custom variant) gets one per core.
+    """
+    if requested:
+        return ThreadSetting(int(requested), 'requested')
+    settings = RUNTIME_SETTINGS.get(profile, RuntimeSettings())
+    best = settings.threads_on_cuda if str(device).startswith('cuda') else settings.threads_on_cpu
+    source = f'{profile} default' if profile in RUNTIME_SETTINGS else 'one per core'
+    return ThreadSetting(best or torch_default_threads(), source)
+
+
+def apply_thread_setting(profile: str, device: str, requested: int | None = None) -> ThreadSetting:
+    """Set torch's process-wide thread count for ``profile`` on ``device``; returns what is in effect.
+
+    The one place jetseg sets it for inference (Segmenter, node, CLIs), so that 'no value' means
+    the profile's best everywhere. Call it from the thread that runs inference: a second thread
+    that runs parallel ops owns a second OpenMP pool.
+    """
+    import torch
+
+    torch_default_threads()  # remember it before the first change
+    wanted = resolve_thread_setting(profile, device, requested)
+    if torch.get_num_threads() != wanted.count:
+        torch.set_num_threads(wanted.count)
+    return ThreadSetting(torch.get_num_threads(), wanted.source)
+
+
 def get_profile(name: str) -> JetSegProfile:
     """Look a profile up by name; the error lists the valid names."""
     try:
