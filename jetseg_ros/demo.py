@@ -184,9 +184,10 @@ def ros2_command() -> str | None:
 
 
 def cpu_threads(yaml_value: int) -> int:
-    """The profile's thread count, capped at this machine's cores (oversubscription slows torch)."""
+    """A YAML's thread count capped at this machine's cores (oversubscription slows torch); 0 stays 0,
+    which the node resolves to the profile's best (jetseg_core.profiles.RUNTIME_SETTINGS)."""
     cores = os.cpu_count() or 1
-    return min(yaml_value, cores) if yaml_value > 0 else cores
+    return min(yaml_value, cores) if yaml_value > 0 else 0
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -128,9 +128,10 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   'init (speed tests only), or a path to a .safetensors checkpoint', read_only=True),
     ParameterSpec('device', 'auto', "Where inference runs; 'auto' picks CUDA when available",
                   choices=('auto', 'cpu', 'cuda'), read_only=True),
-    ParameterSpec('precision', 'fp32', "Network precision; fp16 needs CUDA, 'auto' = fp16 on CUDA else fp32",
-                  choices=('fp32', 'fp16', 'auto'), read_only=True),
-    ParameterSpec('num_threads', 0, 'CPU threads for inference; 0 = torch default',
+    ParameterSpec('precision', 'auto', "Network precision; 'auto' = fp16 on CUDA else fp32; fp16 needs CUDA",
+                  choices=('auto', 'fp32', 'fp16'), read_only=True),
+    ParameterSpec('num_threads', 0, "CPU threads for inference; 0 = the profile's best (nano: 1 on CPU; agx, "
+                  "workstation: one per core); /diagnostics 'inference threads' shows the count in effect",
                   min_value=0, max_value=256),
     ParameterSpec('output_resolution', 'input', "Size of the outputs: 'input' (same as the camera image) or "
                   "'network' (the network's input size, cheaper; ~/camera_info is scaled to match)",
@@ -292,6 +293,7 @@ class SegmentationNode(Node):
         self._error_log_times: dict[str, float] = {}
         self._camera_info: CameraInfo | None = None
         self._threads_applied = self._settings['num_threads']
+        self._precision_in_use = f"{self._segmenter.precision} ({self._settings['precision']})"
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
 
         self._create_publishers()
@@ -308,7 +310,8 @@ class SegmentationNode(Node):
         h, w = seg.input_size
         self.get_logger().info(
             f"ready: profile {seg.profile}, {seg.num_classes} classes, network {h}x{w}, device {seg.device}, "
-            f"backend {seg.backend}; listening on {self._image_topic} ({self._settings['qos_reliability']}, "
+            f"backend {seg.backend}, threads {self._threads_in_use}, precision {self._precision_in_use}; "
+            f"listening on {self._image_topic} ({self._settings['qos_reliability']}, "
             f"depth {self._settings['qos_depth']})")
 
     # ------------------------------------------------------------------ set-up
@@ -359,19 +362,16 @@ class SegmentationNode(Node):
                     raise ExternalShutdownException() from None
 
     def _load_segmenter(self) -> Any:
-        import torch
-
         from jetseg_core.checkpoint import CheckpointError
         from jetseg_core.inference import Segmenter
 
         s = self._settings
-        self._default_threads = torch.get_num_threads()  # what num_threads: 0 goes back to
         try:
-            segmenter = Segmenter.from_checkpoint(
+            segmenter = Segmenter.from_checkpoint(  # num_threads 0: the Segmenter applies the profile's best
                 s['checkpoint'], profile=s['profile'], device=s['device'], precision=s['precision'],
                 num_threads=s['num_threads'] or None)
             segmenter.warmup()
-            self._threads_in_use = torch.get_num_threads()
+            self._threads_in_use = segmenter.threads  # count and where it came from, for /diagnostics
         except CheckpointError as exc:
             raise StartupError(f'cannot load checkpoint: {exc}') from None
         except (ValueError, RuntimeError, OSError) as exc:
@@ -529,12 +529,13 @@ class SegmentationNode(Node):
         return True
 
     def _apply_num_threads(self, wanted: int) -> None:
+        """A run-time change of num_threads, on the inference thread; 0 goes back to the profile's best."""
         if wanted != self._threads_applied:
-            import torch
+            from jetseg_core.profiles import apply_thread_setting
 
-            torch.set_num_threads(wanted or self._default_threads)
+            seg = self._segmenter
+            self._threads_in_use = apply_thread_setting(seg.profile, seg.device, wanted or None)
             self._threads_applied = wanted
-            self._threads_in_use = torch.get_num_threads()
 
     def _process(self, frame: _Frame) -> None:
         s = self._settings
@@ -638,7 +639,7 @@ class SegmentationNode(Node):
             'frames in': current[1], 'frames processed': current[2], 'frames dropped': dropped,
             'frames rejected': current[3], 'last error': last_error or 'none',
             'profile': seg.profile, 'device': seg.device, 'backend': seg.backend,
-            'inference threads': self._threads_in_use,
+            'inference threads': self._threads_in_use, 'precision': self._precision_in_use,
             'input topic': self._image_topic,
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]

@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """Soak benchmark of the segmentation node as users run it: separate processes, real DDS transport.
 
-Publishes synthetic 640x480 frames at 30 Hz into the node (nano profile, config/nano.yaml) for a
-while and reports end-to-end latency, inference time, node overhead (end-to-end minus inference;
-target <= 3 ms or <= 10 %), output rate, drops, and the node's resident memory sampled every few
+Publishes synthetic 640x480 frames at 30 Hz into the node (nano profile, config/nano.yaml as the
+launch files load it, or with --no-params-file none, as `ros2 run` starts it) for a while and
+reports end-to-end latency, inference time, node overhead (end-to-end minus inference; target
+<= 3 ms or <= 10 %), output rate, drops, and the node's resident memory sampled every few
 seconds (start / end / max / growth). The overhead is split into transport (DDS delivery of the
 image into the node), waiting (for the worker to finish the previous frame: up to one frame
 interval when inference is slower than the camera), preprocess and postprocess. Not a test: it
 takes minutes and its figures depend on the machine.
 
     python scripts/benchmark_node.py --seconds 60 --checkpoint untrained
+    python scripts/benchmark_node.py --seconds 60 --checkpoint untrained --no-params-file
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -57,7 +60,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--qos', default='reliable', choices=('reliable', 'best_effort'),
                         help="the node's image subscription reliability (default reliable)")
     parser.add_argument('--threads', type=int, default=0,
-                        help="the node's num_threads (default: the profile YAML's, else all cores)")
+                        help="the node's num_threads (default 0: the YAML's, else the profile's best)")
+    parser.add_argument('--no-params-file', action='store_true',
+                        help='start the node without config/<profile>.yaml, as `ros2 run` or a launch '
+                             'file of your own does: only profile, checkpoint, qos (and --threads) are set')
     parser.add_argument('--sample-every', type=float, default=5.0,
                         help='RSS sampling period in s (default 5)')
     parser.add_argument('--warmup', type=float, default=5.0, help='seconds ignored at the start (default 5)')
@@ -94,7 +100,8 @@ def tree_usage(pid: int) -> tuple[float, float]:
 
 def measure(args: argparse.Namespace) -> dict:
     params_file = config_file(args.profile)
-    threads = args.threads or cpu_threads(int(yaml_parameters(params_file).get('num_threads', 0)))
+    yaml_threads = 0 if args.no_params_file else int(yaml_parameters(params_file).get('num_threads', 0))
+    threads = args.threads or cpu_threads(yaml_threads)  # 0: the node picks the profile's best
     domain = random.Random(os.getpid() ^ time.time_ns()).randint(120, 220)
     use_transport_env(os.environ)
     work = Path(tempfile.mkdtemp(prefix='jetseg_bench_'))
@@ -108,9 +115,14 @@ def measure(args: argparse.Namespace) -> dict:
     children: list[Child] = []
     rss: list[tuple[float, float]] = []
     try:
-        node = Child.start('segmentation_node', node_command(params_file, {
-            'checkpoint': args.checkpoint, 'num_threads': threads, 'qos_reliability': args.qos}),
-            ros_env(domain), work)
+        overrides = {'profile': args.profile, 'checkpoint': args.checkpoint, 'qos_reliability': args.qos}
+        if threads:
+            overrides['num_threads'] = threads
+        cmd = node_command(params_file, overrides)
+        if args.no_params_file:
+            at = cmd.index('--params-file')
+            del cmd[at:at + 2]
+        node = Child.start('segmentation_node', cmd, ros_env(domain), work)
         children.append(node)
         print(f'benchmark: loading the {args.profile} node (logs in {work}) ...', flush=True)
         deadline = time.monotonic() + 180
@@ -125,6 +137,14 @@ def measure(args: argparse.Namespace) -> dict:
             if not all(c.running for c in children) or time.monotonic() > deadline:
                 raise DemoError('no output from the node:\n' + '\n'.join(c.tail() for c in children))
             time.sleep(0.2)
+        # What the node runs with, from its start-up line: 'threads 1 (nano default), precision fp32 (auto)'.
+        ready = re.search(r'threads (\d+) \(([^)]*)\), precision (\S+) \(([^)]*)\)',
+                          node.log_path.read_text(errors='replace'))
+        if ready:
+            in_effect = {'threads': int(ready[1]), 'threads_source': ready[2], 'precision': ready[3]}
+        else:
+            in_effect = {'threads': threads, 'threads_source': 'num_threads' if threads else 'unknown',
+                         'precision': 'unknown'}
         print(f'benchmark: running {args.seconds:g} s at {args.rate:g} Hz ({args.warmup:g} s warm-up) ...',
               flush=True)
         time.sleep(args.warmup)
@@ -153,7 +173,8 @@ def measure(args: argparse.Namespace) -> dict:
         return {
             'profile': recorder.class_info.profile, 'checkpoint': recorder.class_info.checkpoint,
             'input': f'{args.width}x{args.height} @ {args.rate:g} Hz', 'seconds': args.seconds,
-            'threads': threads, 'qos': args.qos,
+            **in_effect, 'qos': args.qos,
+            'params_file': 'none' if args.no_params_file else str(params_file),
             'end_to_end_ms': percentiles(lat.total[skip:n]),
             'inference_ms': percentiles(lat.inference[skip:n]),
             'node_overhead_ms': percentiles(lat.overhead[skip:n]),
@@ -178,9 +199,10 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def print_table(r: dict) -> None:
-    threads = f"{r['threads']} thread{'s' if r['threads'] != 1 else ''}"
-    print(f"\njetseg node benchmark: {r['profile']} profile ({r['checkpoint']}), {r['input']}, "
-          f"{r['seconds']:g} s, {threads}, {r['qos']} image QoS")
+    threads = f"{r['threads']} thread{'s' if r['threads'] != 1 else ''} ({r['threads_source']})"
+    params = 'no parameters file' if r['params_file'] == 'none' else Path(r['params_file']).name
+    print(f"\njetseg node benchmark: {r['profile']} profile ({r['checkpoint']}), {params}, {r['input']}, "
+          f"{r['seconds']:g} s, {threads}, {r['precision']}, {r['qos']} image QoS")
     print(f"{'':22s}{'p50':>9s}{'p95':>9s}{'mean':>9s}{'max':>9s}")
     for key, label in (('end_to_end_ms', 'end-to-end (ms)'), ('inference_ms', 'inference (ms)'),
                        ('node_overhead_ms', 'node overhead (ms)'), ('preprocess_ms', '  preprocess (ms)'),
