@@ -6,7 +6,9 @@ variant is a new table, never new layer code.
 from __future__ import annotations
 
 import operator
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 MIN_CLASSES = 2
 MAX_CLASSES = 255
@@ -89,9 +91,9 @@ class RuntimeSettings:
     """How a profile runs fastest: the defaults the node, the CLIs and :class:`Segmenter` apply
     whenever the user sets no value (``num_threads: 0`` / no ``--threads``).
 
-    Thread counts are torch's intra-op threads; 0 means one per core (torch's own default:
-    physical cores, or ``OMP_NUM_THREADS``). Precision is 'auto' for every profile (fp16 on
-    CUDA, fp32 on CPU), so it is the one default of every entry point rather than a field here.
+    Thread counts are torch's intra-op threads; 0 means one per core (:func:`one_per_core`, what
+    torch picks by itself). Precision is 'auto' for every profile (fp16 on CUDA, fp32 on CPU), so
+    it is the one default of every entry point (DEFAULT_PRECISION) rather than a field here.
     """
 
     threads_on_cpu: int = 0
@@ -122,18 +124,26 @@ class ThreadSetting:
         return f'{self.count} ({self.source})'
 
 
-_torch_default_threads: int | None = None
-
-
-def torch_default_threads() -> int:
-    """torch's own thread count in this process, read once before :func:`apply_thread_setting`
-    first changes it (so that 'one per core' can be restored later)."""
-    global _torch_default_threads
-    if _torch_default_threads is None:
-        import torch
-
-        _torch_default_threads = torch.get_num_threads()
-    return _torch_default_threads
+def one_per_core() -> int:
+    """The thread count torch picks by itself, worked out rather than read (torch's setting is
+    process-wide and anyone may have changed it): OMP_NUM_THREADS or MKL_NUM_THREADS when set,
+    else one per physical core this process may run on (hyperthreads share a core's units)."""
+    for name in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'):
+        text = os.environ.get(name, '').strip()
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        topology = Path(f'/sys/devices/system/cpu/cpu{cpu}/topology')
+        try:
+            cores.add(((topology / 'physical_package_id').read_text(), (topology / 'core_id').read_text()))
+        except OSError:
+            return max(len(cpus), 1)
+    return max(len(cores), 1)
 
 
 def resolve_thread_setting(profile: str, device: str, requested: int | None = None) -> ThreadSetting:
@@ -146,7 +156,7 @@ def resolve_thread_setting(profile: str, device: str, requested: int | None = No
     settings = RUNTIME_SETTINGS.get(profile, RuntimeSettings())
     best = settings.threads_on_cuda if str(device).startswith('cuda') else settings.threads_on_cpu
     source = f'{profile} default' if profile in RUNTIME_SETTINGS else 'one per core'
-    return ThreadSetting(best or torch_default_threads(), source)
+    return ThreadSetting(best or one_per_core(), source)
 
 
 def apply_thread_setting(profile: str, device: str, requested: int | None = None) -> ThreadSetting:
@@ -158,7 +168,6 @@ def apply_thread_setting(profile: str, device: str, requested: int | None = None
     """
     import torch
 
-    torch_default_threads()  # remember it before the first change
     wanted = resolve_thread_setting(profile, device, requested)
     if torch.get_num_threads() != wanted.count:
         torch.set_num_threads(wanted.count)
