@@ -80,4 +80,4 @@ def test_rviz_remappings_point_at_the_topics_a_renamed_pipeline_publishes():
                 assert (msg.width, msg.height) == (640, 480), topic
                 assert msg.encoding == 'rgb8', topic
             # config/nano.yaml (/** keys) reaches the renamed node too
-            assert harness.get_parameters('/robot1/seg', ['profile', 'num_threads']) == ['nano', 1]
+            assert harness.get_parameters('/robot1/seg', ['profile', 'max_frame_age_ms']) == ['nano', 500]

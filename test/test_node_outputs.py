@@ -328,27 +328,6 @@ def test_a_stream_of_bad_frames_logs_one_line_per_kind_of_problem(session):
     assert session.node.output.count('data length') - lines_before <= 1, session.node.output
 
 
-def test_num_threads_changes_at_run_time_and_0_restores_torch_default(session):
-    import os
-    import subprocess
-    import sys
-
-    default = int(subprocess.run([sys.executable, '-c', 'import torch; print(torch.get_num_threads())'],
-                                 capture_output=True, text=True, check=True, env=dict(os.environ)).stdout)
-
-    def threads_in_use(wanted: int) -> int:
-        assert session.harness.set_parameters(NODE, {'num_threads': wanted})[0].successful
-        _send(session, rgb_to_image(_scene(14), 'rgb8', _header(session, f'threads_{wanted}')))
-        session.diagnostics.clear()
-        return int(_values(session.diagnostics.wait_for(lambda a: True, 30))['inference threads'])
-
-    try:
-        assert threads_in_use(default + 1) == default + 1
-        assert threads_in_use(0) == default
-    finally:
-        session.harness.set_parameters(NODE, {'num_threads': 1})
-
-
 def test_sim_time_is_used_for_ages_and_max_frame_age_drops_old_frames(session):
     sim_sec = 1_000_000
     stop = threading.Event()

@@ -1,4 +1,5 @@
-"""Start-up errors of the segmentation node, compressed input with a remapped camera topic, SIGINT.
+"""Start-up errors of the segmentation node, compressed input with a remapped camera topic, SIGINT,
+and the profile's run-time defaults for a node started without a parameters file.
 
 All processes of this module start at once (they mostly wait on imports), then each test
 inspects its own.
@@ -9,6 +10,8 @@ import time
 
 import numpy as np
 import pytest
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
 from ros_testing import (
     BEST_EFFORT,
     RosHarness,
@@ -21,8 +24,9 @@ from std_msgs.msg import Header
 
 from jetseg_core.data.synthetic import generate_scene
 from jetseg_core.palettes import CAMVID11
+from jetseg_core.profiles import one_per_core
 from jetseg_core.visualize import blend
-from jetseg_ros.image_conversion import rgb_to_compressed
+from jetseg_ros.image_conversion import rgb_to_compressed, rgb_to_image
 
 # name -> (parameters, words the one error line must contain)
 BAD_STARTS = {
@@ -52,9 +56,12 @@ def processes(tiny_checkpoint, tmp_path_factory):
         domain, {'checkpoint': str(tiny_checkpoint), 'input_transport': 'compressed', 'num_threads': 1},
         remaps={'image': '/camera/image_raw'}, name='segmenter')
     procs['domain'] = domain
+    # As `ros2 run` starts it: no parameters file, nothing but the (tiny, fast) weights.
+    procs['bare_domain'] = new_domain_id()
+    procs['bare'] = start_segmentation_node(procs['bare_domain'], {'checkpoint': str(tiny_checkpoint)})
     yield procs
     for name, proc in procs.items():
-        if name != 'domain':
+        if not name.endswith('domain'):
             proc.stop()
 
 
@@ -112,6 +119,57 @@ def test_compressed_input_on_a_remapped_topic_is_segmented(processes):
             pub.publish(garbage)
         again = send(rgb_to_compressed(rgb, 'jpeg', Header(stamp=harness.now(), frame_id='after_garbage')))
         assert again.width == 120
+
+
+def _diagnostic_values(array: DiagnosticArray) -> dict[str, str]:
+    return {kv.key: kv.value for status in array.status for kv in status.values}
+
+
+def _nano_defaults() -> tuple[str, str]:
+    """'inference threads' and 'precision' of a nano node with device auto, as /diagnostics shows them."""
+    if torch.cuda.is_available():
+        return f'{one_per_core()} (nano default)', 'fp16 (auto)'
+    return '1 (nano default)', 'fp32 (auto)'
+
+
+def test_node_without_parameters_file_runs_the_profile_thread_count_and_precision(processes):
+    node = processes['bare']
+    wait_until_ready(node)
+    threads, precision = _nano_defaults()
+    assert f'threads {threads}, precision {precision}' in node.output
+    with RosHarness(processes['bare_domain']) as harness:
+        diagnostics = harness.record('/diagnostics', DiagnosticArray)
+        values = _diagnostic_values(diagnostics.wait_for(lambda a: True, 30))
+        assert (values['inference threads'], values['precision']) == (threads, precision)
+        assert harness.get_parameters('/jetseg', ['num_threads', 'precision']) == [0, 'auto']
+
+
+def test_num_threads_set_back_to_0_at_run_time_runs_the_profile_thread_count(processes):
+    node = processes['bare']
+    wait_until_ready(node)
+    with RosHarness(processes['bare_domain']) as harness:
+        pub = harness.publisher('/image', Image, BEST_EFFORT)
+        labels = harness.record('/jetseg/labels', Image)
+        diagnostics = harness.record('/diagnostics', DiagnosticArray)
+        assert harness.wait_for_subscribers(pub, 1, 60)
+        rgb = generate_scene(6, (48, 64))[0]
+
+        def threads_after_setting(value: int) -> str:
+            assert harness.set_parameters('/jetseg', {'num_threads': value})[0].successful
+            frame_id = f'threads_{value}'
+            deadline = time.monotonic() + 60
+            while True:  # the worker applies the change with its next frame
+                pub.publish(rgb_to_image(rgb, 'rgb8', Header(stamp=harness.now(), frame_id=frame_id)))
+                try:
+                    labels.wait_for(lambda m: m.header.frame_id == frame_id, 2.0)
+                    break
+                except AssertionError:
+                    assert time.monotonic() < deadline, node.output
+            diagnostics.clear()
+            return _diagnostic_values(diagnostics.wait_for(lambda a: True, 30))['inference threads']
+
+        assert threads_after_setting(2) == '2 (requested)'
+        assert threads_after_setting(0) == _nano_defaults()[0]
 
 
 def test_sigint_exits_0_without_traceback(processes):
