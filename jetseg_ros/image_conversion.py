@@ -28,6 +28,7 @@ except ImportError:  # pragma: no cover - exercised where OpenCV is missing
     _cv2 = None
 
 __all__ = [
+    'MAX_COMPRESSED_PIXELS',
     'SUPPORTED_ENCODINGS',
     'ImageConversionError',
     'compressed_to_rgb',
@@ -50,6 +51,9 @@ _BYTES_PER_PIXEL = {
     'bayer_rggb8': 1, 'bayer_bggr8': 1, 'bayer_gbrg8': 1, 'bayer_grbg8': 1,
 }
 SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(_BYTES_PER_PIXEL)
+#: Compressed pictures larger than 8K UHD are refused before decoding: a PNG of a few kB can
+#: declare gigabytes of pixels (a decompression bomb), where a raw Image is never bigger than its data.
+MAX_COMPRESSED_PIXELS = 7680 * 4320
 
 # Byte offsets of (Y0, U, Y1, V) inside each 4-byte macropixel.
 _YUV_LAYOUT = {
@@ -213,7 +217,12 @@ def _decoder_name(fmt: str) -> str:
 
 
 def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """Decode a JPEG or PNG sensor_msgs/CompressedImage into an HxWx3 uint8 RGB array."""
+    """Decode a JPEG or PNG sensor_msgs/CompressedImage into an HxWx3 uint8 RGB array.
+
+    Only Pillow's JPEG and PNG readers are tried (random bytes never reach the other format
+    plugins), the declared size is checked against MAX_COMPRESSED_PIXELS before any pixel is
+    decoded, and whatever Pillow raises on bad data becomes an ImageConversionError.
+    """
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
@@ -222,16 +231,29 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     if not data:
         raise ImageConversionError('empty compressed image')
     try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            if img.format not in ('JPEG', 'PNG'):
+        with PILImage.open(io.BytesIO(data), formats=('JPEG', 'PNG')) as img:
+            width, height = img.size
+            if width * height > MAX_COMPRESSED_PIXELS:
                 raise ImageConversionError(
-                    f"unsupported compressed format {img.format} (format field '{fmt}')")
+                    f"compressed image (format '{fmt}') declares {width}x{height} pixels, too large: "
+                    f'more than {MAX_COMPRESSED_PIXELS} (8K UHD); refused before decoding')
+            if img.mode == 'P' and img.palette is None:
+                raise ImageConversionError(
+                    f"cannot decode compressed image (format '{fmt}'): "
+                    'palette PNG without its palette (PLTE)')
             rgb = pil_to_rgb(img)
+    except ImageConversionError:
+        raise
+    except PILImage.DecompressionBombError as exc:  # Pillow's own check, at twice its warning size
+        raise ImageConversionError(
+            f"compressed image (format '{fmt}') is too large: more than {MAX_COMPRESSED_PIXELS} pixels "
+            f'(8K UHD); refused before decoding ({exc})') from None
     except UnidentifiedImageError:
         raise ImageConversionError(f"cannot decode compressed image (format '{fmt}'): "
                                    'not a readable JPEG or PNG (unknown or truncated data)') from None
-    except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as exc:  # corrupt or huge
-        raise ImageConversionError(f"cannot decode compressed image (format '{fmt}'): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - corrupt data makes Pillow raise many types (OSError, EOFError, ...)
+        detail = ' '.join(str(exc).split()) or type(exc).__name__
+        raise ImageConversionError(f"cannot decode compressed image (format '{fmt}'): {detail}") from None
     if rgb.size == 0:
         raise ImageConversionError('empty compressed image')
     return np.ascontiguousarray(rgb)
