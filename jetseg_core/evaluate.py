@@ -164,8 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if classes != meta.num_classes:
             raise UsageError(f'{args.dataset} has {classes} classes but the checkpoint predicts '
                              f'{meta.num_classes} ({meta.profile}, trained on {meta.trained_on})')
-        report, matrix, ips = run_evaluation(model, dataset, meta.num_classes, device, args.batch_size,
-                                             args.workers, args.limit)
+        from .data.datasets import DatasetError, error_line
+
+        try:
+            report, matrix, ips = run_evaluation(model, dataset, meta.num_classes, device, args.batch_size,
+                                                 args.workers, args.limit)
+        except DatasetError as exc:  # a file found unreadable (or with unknown ids) while iterating
+            raise UsageError(error_line(exc)) from None
         n = min(len(dataset), args.limit or len(dataset))
         where = f'{args.dataset} {args.split}'
         if args.dataset == 'synthetic':

@@ -170,8 +170,18 @@ class _WeightedCrossEntropy(nn.Module):
         self.register_buffer('class_weights', weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target.long(), weight=self.class_weights.to(logits.device),
-                               ignore_index=self.ignore_index)
+        """Weighted mean over the labelled pixels; 0 (with a zero gradient) when every pixel is ignore.
+
+        F.cross_entropy's mean divides by the labelled pixels' weight, which is 0 then: one
+        all-ignore batch (a crop of void) would return NaN and turn every weight into NaN.
+        """
+        target = target.long()
+        weights = self.class_weights.to(logits.device)
+        total = F.cross_entropy(logits.float(), target, weight=weights, ignore_index=self.ignore_index,
+                                reduction='sum')
+        valid = target != self.ignore_index
+        denominator = weights[torch.where(valid, target, 0)][valid].sum()
+        return total / denominator.clamp_min(1e-12)
 
 
 def build_loss(name: str, num_classes: int, pixel_counts: Sequence[float] | torch.Tensor | None = None,

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ['CAMVID11', 'CAMVID32', 'CITYSCAPES19', 'IGNORE_INDEX', 'PALETTES', 'Palette', 'get_palette']
+__all__ = ['CAMVID11', 'CAMVID31', 'CAMVID32', 'CITYSCAPES19', 'IGNORE_INDEX', 'PALETTES', 'Palette',
+           'get_palette']
 
 #: Label value that losses and metrics skip (void / unlabelled pixels).
 IGNORE_INDEX = 255
@@ -63,7 +64,8 @@ CAMVID11 = _palette('camvid11', [
     ('Bicyclist', (0, 128, 192)),
 ])
 
-# The 32 classes of CamVid's label_colors.txt, in that file's order (Void included, as in the file).
+# The 32 classes of CamVid's label_colors.txt, in that file's order (Void included, as in the file):
+# the colour table label images are decoded with. Training on it uses CAMVID31 (no Void).
 CAMVID32 = _palette('camvid32', [
     ('Animal', (64, 128, 64)),
     ('Archway', (192, 0, 128)),
@@ -99,6 +101,11 @@ CAMVID32 = _palette('camvid32', [
     ('Wall', (64, 192, 0)),
 ])
 
+# What a network trained on CamVid's 32-class labels predicts: the 32 classes less Void, which is
+# never a target (it is read as ignore, 255) and so gets no output, no IoU and no ~/class_info entry.
+CAMVID31 = Palette('camvid31', tuple(n for n in CAMVID32.class_names if n != 'Void'),
+                   CAMVID32.colors[[i for i, n in enumerate(CAMVID32.class_names) if n != 'Void']])
+
 # Cityscapes' 19 evaluation classes in train-id order with the official colours.
 CITYSCAPES19 = _palette('cityscapes19', [
     ('road', (128, 64, 128)),
@@ -126,13 +133,17 @@ PALETTES: dict[str, Palette] = {
     'camvid11': CAMVID11,
     'camvid': CAMVID11,
     'camvid32': CAMVID32,
+    'camvid31': CAMVID31,
     'cityscapes19': CITYSCAPES19,
     'cityscapes': CITYSCAPES19,
 }
 
 
 def get_palette(name: str) -> Palette:
-    """Look a palette up by name ('camvid11'/'camvid', 'camvid32', 'cityscapes19'/'cityscapes')."""
+    """Look a palette up by name ('camvid11'/'camvid', 'camvid32', 'camvid31', 'cityscapes19'/'cityscapes').
+
+    'camvid32' is the label-file colour table (Void included); 'camvid31' the classes trained on it.
+    """
     key = name.strip().lower().replace('-', '').replace('_', '')
     if key not in PALETTES:
         raise ValueError(f'unknown palette {name!r}; valid: {", ".join(sorted(PALETTES))}')

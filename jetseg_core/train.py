@@ -5,11 +5,26 @@ trains data-parallel (DDP, NCCL on CUDA, Gloo on CPU) and only rank 0 writes fil
 The output directory receives best/last checkpoints (safetensors, with optimiser state for
 `--resume`), a CSV log and a PNG plot of loss and validation mIoU. Ctrl-C stops at the next
 step and saves `interrupted.safetensors`, which `--resume` continues from.
+
+Runs are reproducible and resumable exactly: nothing random carries over from one step to the
+next. Each epoch's shuffle comes from (seed, epoch), each sample's augmentation from a seed drawn
+for that sample in that epoch, and the global RNGs of a step from (seed, rank, epoch, batch). A
+checkpoint therefore needs only the epoch and the batch it stopped at: resuming from
+`interrupted.safetensors` (Ctrl-C, mid-epoch) continues at that batch, and resuming from
+`last.safetensors` after a crash or SIGKILL replays the interrupted epoch from its start, both
+ending with the weights of an uninterrupted run (with or without DataLoader workers, whose number
+does not change the data). `--time-budget` counts the time of all resumed runs together.
+On `--resume`, flags that define the run (profile, activation, size, dataset, loss, optimiser,
+schedule, lr, seed, batch size, augmentation...) default to the checkpoint's values; giving one
+that disagrees is an error (a different run is a new run, not a resume). `--epochs` and
+`--time-budget` may change (the schedule then follows the new length).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import json
 import math
 import os
 import random
@@ -101,7 +116,84 @@ def build_parser() -> OneLineParser:
                    help='output directory (default runs/<dataset>-<profile>)')
     p.add_argument('--trained-on', default=None, help='text stored as trained_on in the checkpoints')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    p.add_argument('--bad-files', default='stop', choices=('stop', 'skip'),
+                   help='an image or label file that cannot be read or holds unknown ids: stop with one '
+                        'line naming it (exit 2), or skip it (a warning names it; the next readable pair '
+                        'takes its place, so batches keep their size) and count it')
     return p
+
+
+#: Flags that define a run: on --resume they default to the checkpoint's values, and a different
+#: value given on the command line is an error.
+RUN_FLAGS = ('profile', 'activation', 'dataset', 'train_split', 'size', 'synthetic_scenes', 'loss',
+             'class_weights', 'optimizer', 'schedule', 'lr', 'weight_decay', 'momentum', 'warmup', 'seed',
+             'batch_size', 'scale', 'no_augment')
+
+
+def explicit_flags(argv: Sequence[str] | None) -> set[str]:
+    """Destinations of the options actually given in argv (not left at their defaults)."""
+    parser = build_parser()
+    for action in parser._actions:  # noqa: SLF001 (argparse has no public way to drop defaults)
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def _json_value(value: Any) -> Any:
+    return json.loads(json.dumps(value))  # tuples -> lists, as stored in a checkpoint
+
+
+def _flag_text(dest: str, value: Any) -> str:
+    flag = '--' + dest.replace('_', '-')
+    if isinstance(value, bool):
+        return flag if value else f'no {flag}'
+    if dest == 'size':
+        return f'{flag} {value[0]}x{value[1]}'
+    if dest == 'scale':
+        return f'{flag} {value[0]:g},{value[1]:g}'
+    return f'{flag} {value}'
+
+
+def run_record(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-defining flags of args, JSON-ready, as stored in every checkpoint."""
+    return {k: _json_value(getattr(args, k)) for k in RUN_FLAGS}
+
+
+def _stored_run(meta: Any, state: dict[str, Any]) -> dict[str, Any]:
+    """Run flags recorded in a checkpoint (older checkpoints: what their metadata tells)."""
+    if isinstance(state.get('run'), dict):
+        return {k: v for k, v in state['run'].items() if k in RUN_FLAGS}
+    stored: dict[str, Any] = {'profile': meta.profile, 'activation': meta.activation,
+                              'size': list(meta.input_size)}
+    for key in ('dataset', 'loss', 'optimizer', 'schedule', 'lr', 'weight_decay', 'seed'):
+        if key in meta.extra:
+            stored[key] = meta.extra[key]
+    if meta.extra.get('class_weights') in ('balanced', 'uniform'):
+        stored['class_weights'] = meta.extra['class_weights']
+    return stored
+
+
+def reconcile_resume(args: argparse.Namespace, explicit: set[str], meta: Any,
+                     state: dict[str, Any]) -> list[str]:
+    """Take the checkpoint's run flags where none was given; refuse a given flag that disagrees.
+
+    Returns the flags taken over from the checkpoint that differ from the defaults (for a note).
+    """
+    defaults = vars(build_parser().parse_args([]))
+    taken = []
+    for dest, stored in _stored_run(meta, state).items():
+        given = getattr(args, dest)
+        if dest in explicit:
+            if _json_value(given) != stored:
+                raise UsageError(
+                    f'--resume {args.resume}: the run was trained with {_flag_text(dest, stored)}, not '
+                    f'{_flag_text(dest, given)}; leave the flag out to continue that run, or start a new '
+                    'run without --resume')
+            continue
+        value = tuple(stored) if isinstance(stored, list) else stored
+        if _json_value(defaults.get(dest)) != stored:
+            taken.append(_flag_text(dest, value))
+        setattr(args, dest, value)
+    return taken
 
 
 # --------------------------------------------------------------------------------------------- distributed
@@ -156,9 +248,74 @@ def any_rank(flag: bool, dist: Dist, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def agree_to_stop(stop_requested: bool, out_of_time: bool, elapsed_s: float, dist: Dist,
+                  device: torch.device) -> tuple[bool, bool, float]:
+    """(interrupted, out_of_time, elapsed seconds), the same on every rank.
+
+    Both flags travel in one all_reduce, so every rank stops for the same reason: a stop request
+    on any rank is an interruption (checkpoint, exit 130), else the budget spent on any rank ends
+    training for all (validate, save, exit 0). The elapsed time returned is the largest over the
+    ranks, so that every rank computes the same learning rate from it.
+    """
+    if not dist.enabled:
+        return stop_requested, out_of_time and not stop_requested, elapsed_s
+    t = torch.tensor([float(stop_requested), float(out_of_time), elapsed_s], dtype=torch.float64,
+                     device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    interrupted = bool(t[0].item() > 0)
+    return interrupted, bool(t[1].item() > 0) and not interrupted, float(t[2].item())
+
+
 def barrier(dist: Dist) -> None:
     if dist.enabled:
         torch.distributed.barrier()
+
+
+# ------------------------------------------------------------------------------------------------ seeding
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed from a tuple of integers (seed, epoch, ...): distinct tuples, unrelated streams."""
+    words = np.random.SeedSequence([k & 0xFFFF_FFFF_FFFF_FFFF for k in keys]).generate_state(2, np.uint64)
+    return int(words[0]) >> 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and random's global generators (numpy and random from the low 32 bits)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed & 0xFFFF_FFFF)
+    random.seed(seed)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """(index, sample seed) pairs of one epoch for one rank, derived from (seed, epoch) alone.
+
+    Every rank draws the same permutation and takes its own slice of it (the tail that does not
+    divide by the number of ranks is dropped, as DistributedSampler's drop_last does). Each sample
+    also gets a seed of its own for this epoch, which drives its augmentation wherever it is loaded
+    (main process or any worker, any rank). ``set_epoch(epoch, skip)`` starts an epoch, leaving out
+    the first `skip` samples of this rank (the batches a resumed run has already trained on).
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch, self.skip = 1, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _per_rank(self) -> int:
+        return self.size // self.world_size
+
+    def __len__(self) -> int:
+        return max(0, self._per_rank() - self.skip)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+        order = torch.randperm(self.size, generator=g)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=g)
+        usable = self._per_rank() * self.world_size
+        mine = order[self.rank:usable:self.world_size][self.skip:]
+        for index in mine.tolist():
+            yield index, int(seeds[index])
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -170,6 +327,7 @@ class DataBundle:
     class_colors: list[list[int]]
     pixel_counts: np.ndarray | None
     description: str  # '{epochs}' is filled in with the epochs trained when saving
+    skipped: set[str] = field(default_factory=set)  # problems with files already reported
 
 
 def _palette_for(dataset_name: str, dataset: Any):
@@ -180,7 +338,7 @@ def _palette_for(dataset_name: str, dataset: Any):
     if pal is not None:
         return pal
     name = {'camvid': 'camvid11', 'camvid32to11': 'camvid11', 'synthetic': 'camvid11',
-            'camvid32': 'camvid32', 'cityscapes': 'cityscapes19'}.get(dataset_name)
+            'camvid32': 'camvid31', 'cityscapes': 'cityscapes19'}.get(dataset_name)
     if name is None:
         raise UsageError(f'dataset {dataset_name!r} does not say its class names')
     return palettes.get_palette(name)
@@ -190,7 +348,7 @@ class RenderedScenes(torch.utils.data.Dataset):
     """Synthetic scenes rendered once and kept in memory: rendering costs about as much as a training
     step on a small CPU, and scenes are the same every epoch (augmentation is applied on top)."""
 
-    def __init__(self, scenes: torch.utils.data.Dataset, transform: Any) -> None:
+    def __init__(self, scenes: torch.utils.data.Dataset, transform: Any = None) -> None:
         first_rgb, first_lab = scenes.load(0)
         n = len(scenes)
         self.rgb = np.empty((n, *first_rgb.shape), np.uint8)
@@ -211,7 +369,7 @@ class RenderedScenes(torch.utils.data.Dataset):
         return self.transform(rgb, labels) if self.transform is not None else (rgb, labels)
 
 
-def maybe_cache(scenes: Any, transform: Any, max_bytes: int = 1 << 30) -> torch.utils.data.Dataset:
+def maybe_cache(scenes: Any, transform: Any = None, max_bytes: int = 1 << 30) -> torch.utils.data.Dataset:
     """Render synthetic scenes up front when they fit in max_bytes; else render on demand."""
     h, w = scenes.size
     if len(scenes) * h * w * 4 <= max_bytes:
@@ -220,16 +378,72 @@ def maybe_cache(scenes: Any, transform: Any, max_bytes: int = 1 << 30) -> torch.
     return scenes
 
 
-def count_pixels(dataset: torch.utils.data.Dataset, num_classes: int) -> np.ndarray:
-    """Per-class label pixel counts over a dataset whose items are (rgb, labels) arrays (no transform)."""
+class TrainItems(torch.utils.data.Dataset):
+    """A data set's raw (rgb, labels) pairs through a transform, as (image, labels, problem) triples.
+
+    Keys are indices, or (index, sample seed) pairs from EpochSampler: the seed drives the random
+    transform for that one sample, so its draws depend neither on the worker or rank loading it nor
+    on the samples before it. A pair that cannot be read raises DatasetError, or with `skip_bad`
+    is replaced by the next readable pair (batches keep their size, ranks stay in step) and its
+    problem is returned in the triple for the main process to report and count.
+    """
+
+    def __init__(self, dataset: Any, transform: Any, skip_bad: bool = False) -> None:
+        self.dataset, self.transform, self.skip_bad = dataset, transform, skip_bad
+
+    @property
+    def palette(self) -> Any:
+        return getattr(self.dataset, 'palette', None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str]:
+        from .data.datasets import DatasetError
+
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        problem = ''
+        for attempt in range(len(self.dataset)):
+            try:
+                rgb, labels = self.dataset.load((index + attempt) % len(self.dataset))
+                break
+            except DatasetError as exc:
+                if not self.skip_bad:
+                    raise
+                problem = problem or str(exc)
+        else:
+            raise DatasetError(f'{problem} (and no other file of the data set can be read either)')
+        transform = self.transform
+        if seed is not None and hasattr(transform, 'generator'):
+            transform = copy.copy(transform)
+            transform.generator = torch.Generator().manual_seed(seed)
+        image, target = transform(rgb, labels)
+        return image, target, problem
+
+
+def count_pixels(dataset: torch.utils.data.Dataset, num_classes: int,
+                 on_bad: Any = None) -> np.ndarray:
+    """Per-class label pixel counts over a dataset whose items are (rgb, labels) arrays (no transform).
+
+    A label file that cannot be read raises DatasetError, or is left out and passed to
+    ``on_bad(message)`` when that is given.
+    """
+    from .data.datasets import DatasetError
+
     counts = np.zeros(256, dtype=np.int64)
     for i in range(len(dataset)):
-        if hasattr(dataset, 'load_labels'):
-            labels = dataset.load_labels(i)
-        elif hasattr(dataset, 'load'):
-            labels = dataset.load(i)[1]
-        else:
-            labels = dataset[i][1]
+        try:
+            if hasattr(dataset, 'load_labels'):
+                labels = dataset.load_labels(i)
+            elif hasattr(dataset, 'load'):
+                labels = dataset.load(i)[1]
+            else:
+                labels = dataset[i][1]
+        except DatasetError as exc:
+            if on_bad is None:
+                raise
+            on_bad(str(exc))
+            continue
         labels = labels.numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
         counts += np.bincount(labels.astype(np.uint8, copy=False).ravel(), minlength=256)
     return counts[:num_classes]
@@ -242,9 +456,20 @@ def loss_name(args: argparse.Namespace) -> str:
     return f'{args.loss} ({"class-balanced" if args.class_weights == "balanced" else "uniform"} weights)'
 
 
-def build_data(args: argparse.Namespace, need_counts: bool) -> DataBundle:
+def warn_bad_file(problem: str, seen: set[str], is_main: bool = True) -> None:
+    """One warning per unreadable file (--bad-files skip), with the running count."""
+    if problem in seen:
+        return
+    seen.add(problem)
+    if is_main:
+        print(f'jetseg-train: warning: skipped {problem} ({len(seen)} skipped so far)', file=sys.stderr,
+              flush=True)
+
+
+def build_data(args: argparse.Namespace, need_counts: bool, is_main: bool = True) -> DataBundle:
     """Training/validation sets with their transforms, class names and (for JetLoss) pixel counts."""
     from .data import transforms as T
+    from .data.datasets import DatasetError, build_dataset
 
     size = args.size
     if args.no_augment:
@@ -252,64 +477,70 @@ def build_data(args: argparse.Namespace, need_counts: bool) -> DataBundle:
     else:
         train_tf = T.TrainTransform(size, scale=args.scale, mean=DEFAULT_MEAN, std=DEFAULT_STD)
     val_tf = T.EvalTransform(size, mean=DEFAULT_MEAN, std=DEFAULT_STD)
+    skip_bad = getattr(args, 'bad_files', 'stop') == 'skip'
 
     if args.dataset == 'synthetic':
         from .data.synthetic import SyntheticScenes
 
         val_seed = args.seed + SYNTHETIC_VAL_SEED_OFFSET
-        train = maybe_cache(SyntheticScenes(args.synthetic_scenes, size, args.seed), train_tf)
-        val = maybe_cache(SyntheticScenes(args.synthetic_val_scenes, size, val_seed), val_tf)
-        raw = train if need_counts else None
+        raw_train = maybe_cache(SyntheticScenes(args.synthetic_scenes, size, args.seed))
+        raw_val = maybe_cache(SyntheticScenes(args.synthetic_val_scenes, size, val_seed))
         desc = (f'synthetic CamVid-11-style scenes from jetseg_core.data.synthetic, '
                 f'{args.synthetic_scenes} scenes, seed {args.seed}, {size[0]}x{size[1]}, {{epochs}} epochs, '
                 f'{loss_name(args)} loss, {args.optimizer}; NOT CamVid')
     else:
-        from .data.datasets import DatasetError, build_dataset
-
         if args.data_root is None:
             raise UsageError(f'--dataset {args.dataset} needs --data-root')
         if not args.data_root.is_dir():
             raise UsageError(f'--data-root {args.data_root}: no such directory')
         try:
-            train = build_dataset(args.dataset, args.data_root, args.train_split, train_tf)
-            val = build_dataset(args.dataset, args.data_root, args.val_split, val_tf)
-            raw = train if need_counts else None
-            if raw is not None and not (hasattr(raw, 'load_labels') or hasattr(raw, 'load')):
-                raw = build_dataset(args.dataset, args.data_root, args.train_split, None)
-        except (DatasetError, FileNotFoundError, NotADirectoryError) as exc:
+            raw_train = build_dataset(args.dataset, args.data_root, args.train_split, None)
+            raw_val = build_dataset(args.dataset, args.data_root, args.val_split, None)
+        except (DatasetError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         desc = (f'{args.dataset} {args.train_split} split ({args.data_root.name}), {size[0]}x{size[1]}, '
                 f'{{epochs}} epochs, {loss_name(args)} loss, {args.optimizer}')
-    if len(train) == 0 or len(val) == 0:
-        which = 'training' if len(train) == 0 else 'validation'
+    if len(raw_train) == 0 or len(raw_val) == 0:
+        which = 'training' if len(raw_train) == 0 else 'validation'
         raise UsageError(f'dataset {args.dataset}: empty {which} split')
-    pal = _palette_for(args.dataset, train)
-    counts = count_pixels(raw, pal.num_classes) if raw is not None else None
+    pal = _palette_for(args.dataset, raw_train)
+    skipped: set[str] = set()
+    counts = None
+    if need_counts:
+        on_bad = (lambda problem: warn_bad_file(problem, skipped, is_main)) if skip_bad else None
+        try:
+            counts = count_pixels(raw_train, pal.num_classes, on_bad)
+        except DatasetError as exc:
+            raise UsageError(str(exc)) from None
+        if not counts.any():
+            raise UsageError(f'dataset {args.dataset}: no labelled pixel in the training split')
     colors = [[int(c) for c in rgb] for rgb in pal.colors]
-    return DataBundle(train, val, list(pal.class_names), colors, counts, desc)
+    return DataBundle(TrainItems(raw_train, train_tf, skip_bad), TrainItems(raw_val, val_tf, skip_bad),
+                      list(pal.class_names), colors, counts, desc, skipped)
 
 
 def _worker_init(worker_id: int) -> None:
     # Ctrl-C goes to the whole process group: workers ignore it and the main process decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # torch seeded this worker from the loader's generator (seeded per rank) + worker_id.
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
 
 
 def make_loaders(data: DataBundle, args: argparse.Namespace, dist: Dist, device: torch.device):
-    sampler = None
-    gen = torch.Generator().manual_seed(args.seed)
-    if dist.enabled:
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            data.train, num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=args.seed,
-            drop_last=True)
+    """Training loader over an EpochSampler (returned too, for set_epoch) and the validation loader.
+
+    Each rank's loader generator, hence its workers' seeds, is derived from (seed, rank).
+    """
+    sampler = EpochSampler(len(data.train), args.seed, dist.rank, dist.world_size)
+    gen = torch.Generator().manual_seed(derive_seed(args.seed, dist.rank))
     drop_last = len(data.train) >= args.batch_size * dist.world_size
     kw: dict[str, Any] = {'num_workers': args.workers, 'pin_memory': device.type == 'cuda',
                           'worker_init_fn': _worker_init if args.workers > 0 else None,
                           'persistent_workers': args.workers > 0}
-    train = torch.utils.data.DataLoader(data.train, batch_size=args.batch_size, shuffle=sampler is None,
-                                        sampler=sampler, drop_last=drop_last, generator=gen, **kw)
+    train = torch.utils.data.DataLoader(data.train, batch_size=args.batch_size, sampler=sampler,
+                                        drop_last=drop_last, generator=gen, **kw)
     val = torch.utils.data.DataLoader(data.val, batch_size=args.batch_size, shuffle=False, **kw)
     return train, val, sampler
 
@@ -383,14 +614,23 @@ class History:
 
 # ---------------------------------------------------------------------------------------------- validation
 @torch.no_grad()
-def evaluate_model(model: nn.Module, loader, num_classes: int, device: torch.device, amp: bool = False):
-    """Confusion-matrix report (mIoU, per-class IoU, pixel accuracy) of a model over a loader."""
+def evaluate_model(model: nn.Module, loader, num_classes: int, device: torch.device, amp: bool = False,
+                   on_bad: Any = None):
+    """Confusion-matrix report (mIoU, per-class IoU, pixel accuracy) of a model over a loader.
+
+    Batches are (images, labels) or TrainItems' (images, labels, problems); problems go to on_bad.
+    """
     from .metrics import ConfusionMatrix
 
     cm = ConfusionMatrix(num_classes)
     was_training = model.training
     model.eval()
-    for images, labels in loader:
+    for batch in loader:
+        images, labels = batch[0], batch[1]
+        if on_bad is not None and len(batch) > 2:
+            for problem in batch[2]:
+                if problem:
+                    on_bad(problem)
         images = images.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, enabled=amp):
             logits = model(images)
@@ -436,6 +676,27 @@ def _package_version() -> str:
     return __version__
 
 
+def _resume_state(args: argparse.Namespace, log: Any) -> dict[str, Any]:
+    """Read --resume's train state and settle the run flags against it (see the module docstring)."""
+    from .checkpoint import CheckpointError, read_checkpoint_meta, restore_training_state
+
+    if not args.resume.is_file():
+        raise UsageError(f'--resume {args.resume}: no such file')
+    try:
+        meta = read_checkpoint_meta(args.resume)
+        state = restore_training_state(args.resume, None)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
+    explicit = getattr(args, 'explicit', None)
+    if explicit is None:  # called without main(): flags that differ from their defaults were given
+        defaults = vars(build_parser().parse_args([]))
+        explicit = {k for k in RUN_FLAGS if getattr(args, k) != defaults[k]}
+    taken = reconcile_resume(args, explicit, meta, state)
+    if taken:
+        log(f'jetseg-train: continuing the run of {args.resume} with its {", ".join(taken)}')
+    return state
+
+
 def train(args: argparse.Namespace, dist: Dist) -> int:
     """The training run behind main(); returns the exit code."""
     from .checkpoint import (
@@ -445,44 +706,60 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
         restore_training_state,
         save_checkpoint,
     )
+    from .data.datasets import DatasetError, error_line
     from .loss import build_loss
     from .model import build_model
 
+    log = print if dist.is_main else (lambda *a, **k: None)
+    state: dict[str, Any] = _resume_state(args, log) if args.resume is not None else {}
+    if args.lr is None:
+        args.lr = DEFAULT_LR[args.optimizer]
     device = select_device(args.device, dist)
     if args.amp and device.type != 'cuda':
         raise UsageError('--amp needs a CUDA device')
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    random.seed(args.seed)
-    if args.resume is not None and not args.resume.is_file():
-        raise UsageError(f'--resume {args.resume}: no such file')
+    seed_everything(args.seed)  # the same initial weights on every rank
     out_dir: Path = args.output or Path('runs') / f'{args.dataset}-{args.profile}'
-    log = print if dist.is_main else (lambda *a, **k: None)
 
-    data = build_data(args, need_counts=args.loss != 'ce' and args.class_weights == 'balanced')
+    data = build_data(args, need_counts=args.loss != 'ce' and args.class_weights == 'balanced',
+                      is_main=dist.is_main)
     num_classes = len(data.class_names)
     try:
         model = build_model(args.profile, num_classes, activation=args.activation)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     optimizer = build_optimizer(model, args)
+    scaler = torch.amp.GradScaler('cuda', enabled=args.amp)
     start_epoch, best_miou, history = 1, -1.0, History()
+    resume_batches, elapsed_before = 0, 0.0
+    partial = {'loss_sum': 0.0, 'loss_n': 0}
     if args.resume is not None:
         try:
             loaded, _ = load_checkpoint(args.resume, profile=args.profile, num_classes=num_classes)
             model.load_state_dict(loaded.state_dict())
-            state = restore_training_state(args.resume, optimizer)
+            restore_training_state(args.resume, optimizer)
         except CheckpointError as exc:
             raise UsageError(str(exc)) from None
         except (RuntimeError, ValueError) as exc:
             first = str(exc).splitlines()[0]
             raise UsageError(f'{args.resume}: does not match this model/optimiser ({first})') from None
+        for g in optimizer.param_groups:  # the schedule's peak: this run's (= the checkpoint's) lr
+            g['initial_lr'] = args.lr
+        if args.amp and state.get('scaler'):
+            scaler.load_state_dict(state['scaler'])
         start_epoch = int(state.get('epoch', 0)) + 1
+        resume_batches = int(state.get('batches_done', 0))
         best_miou = float(state.get('best_miou', -1.0))
         history.rows = [dict(r) for r in state.get('history', [])]
-        log(f'jetseg-train: resuming {args.resume} after epoch {start_epoch - 1} (best mIoU {best_miou:.4f})')
+        logged = history.rows[-1]['elapsed_s'] if history.rows else 0.0
+        elapsed_before = float(state.get('elapsed_s', logged))
+        partial = {'loss_sum': float(state.get('epoch_loss_sum', 0.0)),
+                   'loss_n': int(state.get('epoch_loss_n', 0))}
+        where = (f'in epoch {start_epoch} after {resume_batches} batches' if resume_batches
+                 else f'after epoch {start_epoch - 1}')
+        log(f'jetseg-train: resuming {args.resume} {where} (best mIoU {best_miou:.4f}, '
+            f'{elapsed_before / 60:.1f} min trained)')
     model.to(device)
     for g in optimizer.param_groups:  # optimiser tensors follow the model
         for p in g['params']:
@@ -499,8 +776,10 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise UsageError(f'training set has {len(data.train)} images: fewer than one batch per process')
+    if resume_batches > steps_per_epoch:
+        raise UsageError(f'--resume {args.resume}: stopped after batch {resume_batches} of an epoch, but '
+                         f'this run has {steps_per_epoch} batches per epoch')
     total_steps = steps_per_epoch * args.epochs
-    scaler = torch.amp.GradScaler('cuda', enabled=args.amp)
 
     meta_base = {'profile': args.profile, 'num_classes': num_classes, 'class_names': data.class_names,
                  'class_colors': data.class_colors, 'input_size': tuple(args.size),
@@ -508,19 +787,29 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
                  'package_version': _package_version()}
 
     augment = 'none' if args.no_augment else f'scale {args.scale[0]:g}-{args.scale[1]:g}, hflip, jitter'
+    budget_s = args.time_budget * 60 if args.time_budget is not None else None
+    t_start = time.monotonic()
 
-    def save(path: Path, epoch: int, miou: float) -> None:
+    def elapsed() -> float:
+        """Training time of this run and every run it resumes (what --time-budget counts)."""
+        return elapsed_before + time.monotonic() - t_start
+
+    def save(path: Path, epoch: int, miou: float, batches_done: int = 0,
+             epoch_loss: tuple[float, int] = (0.0, 0)) -> None:
         extra = {'epoch': epoch, 'miou': miou, 'best_miou': best_miou, 'dataset': args.dataset,
                  'loss': args.loss, 'class_weights': 'none' if args.loss == 'ce' else args.class_weights,
                  'optimizer': args.optimizer, 'schedule': args.schedule,
                  'batch_size': args.batch_size * dist.world_size, 'epochs': args.epochs, 'seed': args.seed,
-                 'lr': optimizer.param_groups[0]['initial_lr'], 'weight_decay': args.weight_decay,
-                 'augment': augment, 'time_budget_min': args.time_budget, 'steps': step}
-        state = {'epoch': epoch, 'best_miou': best_miou, 'history': history.rows, 'global_step': step,
-                 'scaler': scaler.state_dict() if args.amp else {}}
+                 'lr': args.lr, 'weight_decay': args.weight_decay,
+                 'augment': augment, 'time_budget_min': args.time_budget, 'steps': step,
+                 'skipped_files': len(data.skipped)}
+        train_state = {'epoch': epoch, 'best_miou': best_miou, 'history': history.rows, 'global_step': step,
+                       'batches_done': batches_done, 'epoch_loss_sum': epoch_loss[0],
+                       'epoch_loss_n': epoch_loss[1], 'elapsed_s': elapsed(), 'run': run_record(args),
+                       'world_size': dist.world_size, 'scaler': scaler.state_dict() if args.amp else {}}
         trained_on = args.trained_on or data.description.replace('{epochs}', str(epoch))
         save_checkpoint(path, model, CheckpointMeta(**meta_base, trained_on=trained_on, extra=extra),
-                        optimizer=optimizer, train_state=state)
+                        optimizer=optimizer, train_state=train_state)
 
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -532,34 +821,41 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
         log(f'jetseg-train: already trained {start_epoch - 1} epochs (--epochs {args.epochs}); nothing to do')
         return 0
 
+    def report_bad(problem: str) -> None:
+        if args.bad_files == 'stop':
+            raise DatasetError(problem)
+        warn_bad_file(problem, data.skipped, dist.is_main or dist.enabled)
+
     stop = StopRequest()
     stop.install()
-    budget_s = args.time_budget * 60 if args.time_budget is not None else None
-    t_start = time.monotonic()
-    elapsed_before = history.rows[-1]['elapsed_s'] if history.rows else 0.0
-    step = (start_epoch - 1) * steps_per_epoch
+    step = (start_epoch - 1) * steps_per_epoch + resume_batches
     interrupted = out_of_time = False
+    agreed_elapsed = elapsed_before
     miou = best_miou
     log(f'jetseg-train: training epochs {start_epoch}..{args.epochs}, {steps_per_epoch} steps each, '
         f'output {out_dir}', flush=True)
     try:
         for epoch in range(start_epoch, args.epochs + 1):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
+            batch = resume_batches if epoch == start_epoch else 0
+            sampler.set_epoch(epoch, batch * args.batch_size)
             net.train()
             t_epoch = last_note = time.monotonic()
-            loss_sum, loss_n, images_seen = 0.0, 0, 0
+            loss_sum, loss_n = (partial['loss_sum'], partial['loss_n']) if batch else (0.0, 0)
+            images_seen, lr_now = 0, 0.0
             bar = None
             if dist.is_main and not args.no_progress:
                 from tqdm import tqdm
 
-                bar = tqdm(total=steps_per_epoch, desc=f'epoch {epoch}/{args.epochs}', leave=True,
-                           dynamic_ncols=True, file=sys.stderr)
-            for images, labels in train_loader:
+                bar = tqdm(total=steps_per_epoch, initial=batch, desc=f'epoch {epoch}/{args.epochs}',
+                           leave=True, dynamic_ncols=True, file=sys.stderr)
+            for images, labels, problems in train_loader:
+                for problem in problems:
+                    if problem:
+                        report_bad(problem)
+                seed_everything(derive_seed(args.seed, dist.rank, epoch, batch))
                 progress = step / total_steps
                 if budget_s:
-                    progress = max(progress, (time.monotonic() - t_start) / budget_s)
-                lr_now = 0.0
+                    progress = max(progress, agreed_elapsed / budget_s)
                 for g in optimizer.param_groups:
                     g['lr'] = lr_now = g['initial_lr'] * lr_factor(progress, args.warmup, args.schedule)
                 images = images.to(device, non_blocking=True)
@@ -572,6 +868,7 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
+                batch += 1
                 loss_sum += float(loss.detach())
                 loss_n += 1
                 images_seen += images.shape[0] * dist.world_size
@@ -582,33 +879,35 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
                 elif dist.is_main and time.monotonic() - last_note >= 60:  # a heartbeat for logs
                     last_note = time.monotonic()
                     rate = images_seen / max(last_note - t_epoch, 1e-9)
-                    log(f'  epoch {epoch} step {loss_n}/{steps_per_epoch} loss {loss_sum / loss_n:.4f} '
+                    log(f'  epoch {epoch} step {batch}/{steps_per_epoch} loss {loss_sum / loss_n:.4f} '
                         f'{rate:.1f} img/s lr {lr_now:.2e}', flush=True)
-                out_of_time = budget_s is not None and time.monotonic() - t_start >= budget_s
-                if any_rank(stop.requested or out_of_time, dist, device):
-                    interrupted = stop.requested or not out_of_time
-                    out_of_time = not interrupted
+                local_elapsed = elapsed()
+                interrupted, out_of_time, agreed_elapsed = agree_to_stop(
+                    stop.requested, budget_s is not None and local_elapsed >= budget_s, local_elapsed,
+                    dist, device)
+                if interrupted or out_of_time:
                     break
             if bar is not None:
                 bar.close()
             epoch_s = time.monotonic() - t_epoch
             if interrupted:
-                # Weights are part-way through this epoch: resuming repeats the epoch from here.
+                # Weights are part-way through this epoch: resuming continues it at the next batch.
                 if dist.is_main:
                     path = out_dir / 'interrupted.safetensors'
-                    save(path, epoch - 1, miou)
-                    log(f'jetseg-train: interrupted in epoch {epoch}; saved {path} '
+                    save(path, epoch - 1, miou, batches_done=batch, epoch_loss=(loss_sum, loss_n))
+                    log(f'jetseg-train: interrupted in epoch {epoch} after batch {batch}; saved {path} '
                         f'(resume with --resume {path})', flush=True)
                 barrier(dist)
                 return 130
             if dist.is_main:
-                report = evaluate_model(model, val_loader, num_classes, device, amp=args.amp)
+                report = evaluate_model(model, val_loader, num_classes, device, amp=args.amp,
+                                        on_bad=report_bad)
                 miou = float(report.miou)
                 history.rows.append({
                     'epoch': epoch, 'train_loss': loss_sum / max(loss_n, 1), 'val_miou': miou,
                     'val_pixel_accuracy': float(report.pixel_accuracy), 'lr': lr_now,
                     'images_per_s': images_seen / max(epoch_s, 1e-9), 'epoch_s': epoch_s,
-                    'elapsed_s': elapsed_before + time.monotonic() - t_start})
+                    'elapsed_s': elapsed()})
                 improved = miou > best_miou
                 best_miou = max(best_miou, miou)
                 save(out_dir / 'last.safetensors', epoch, miou)
@@ -618,7 +917,9 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
                 history.plot(out_dir / 'training.png')
                 log(f'jetseg-train: epoch {epoch}/{args.epochs} loss {loss_sum / max(loss_n, 1):.4f} '
                     f'val mIoU {100 * miou:.2f}% pixel acc {100 * float(report.pixel_accuracy):.2f}% '
-                    f'best {100 * best_miou:.2f}%' + (' (saved best)' if improved else ''), flush=True)
+                    f'best {100 * best_miou:.2f}%' + (' (saved best)' if improved else '')
+                    + (f'; {len(data.skipped)} unreadable file(s) skipped so far' if data.skipped else ''),
+                    flush=True)
             barrier(dist)
             if out_of_time:
                 log(f'jetseg-train: time budget of {args.time_budget:g} min reached in epoch {epoch}',
@@ -630,6 +931,9 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
                     log(f'jetseg-train: interrupted after epoch {epoch}; resume with --resume {path}',
                         flush=True)
                 return 130
+    except DatasetError as exc:  # --bad-files stop, or nothing readable left: one line, exit 2
+        print(f'jetseg-train: error: {error_line(exc)}', file=sys.stderr, flush=True)
+        return 2
     finally:
         stop.restore()
     log(f'jetseg-train: done; best val mIoU {100 * best_miou:.2f}%; checkpoints in {out_dir}', flush=True)
@@ -641,6 +945,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dist = Dist()
     try:
         args = build_parser().parse_args(argv)
+        args.explicit = explicit_flags(argv)
         if args.dataset != 'synthetic' and args.data_root is None:
             raise UsageError(f'--dataset {args.dataset} needs --data-root')
         if args.workers < 0:

@@ -7,7 +7,8 @@ Layouts (``root`` is the folder you unpacked):
   Its folders already hold the paper's 367 / 101 / 233 split.
 * ``camvid32`` / ``camvid32to11`` - the original release: ``701_StillsRaw_full/<stem>.png`` and
   colour-coded ``LabeledApproved_full/<stem>_L.png`` with ``label_colors.txt`` (the 32 classes;
-  the built-in CAMVID32 table is used when the file is absent). Void is ignored. The split is the
+  the built-in CAMVID32 table is used when the file is absent). Void is ignore (255) and not a
+  class, so ``camvid32`` has 31 classes (CAMVID31, the file's order less Void). The split is the
   paper's, drawn by `paper_split` with a seed. ``camvid32to11`` maps classes with CAMVID32_TO_11.
 * ``cityscapes`` - ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` with
   ``gtFine/<split>/<city>/*_gtFine_labelIds.png``, mapped to the 19 train ids, all else ignored.
@@ -16,8 +17,8 @@ Layouts (``root`` is the folder you unpacked):
   under ``root/<split>/``.
 * ``synthetic`` - procedurally rendered scenes (no files; see data/synthetic.py).
 
-Every problem with the files (missing mask, size mismatch, an unknown colour or id) raises one
-DatasetError whose message starts with the offending file.
+Every problem with the files (missing mask, size mismatch, an unreadable or corrupt file, an
+unknown colour or id) raises one DatasetError whose message starts with the offending file.
 """
 from __future__ import annotations
 
@@ -30,12 +31,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from jetseg_core.data.synthetic import SyntheticScenes
-from jetseg_core.palettes import CAMVID11, CAMVID32, CITYSCAPES19, IGNORE_INDEX, Palette
+from jetseg_core.palettes import CAMVID11, CAMVID31, CAMVID32, CITYSCAPES19, IGNORE_INDEX, Palette
 from jetseg_core.rgb import pil_to_rgb
 
 __all__ = [
     'CAMVID32_TO_11', 'CITYSCAPES_LABEL_TO_TRAIN', 'DATASETS', 'DatasetError', 'SegmentationFiles',
-    'build_dataset', 'paper_split', 'pixel_counts',
+    'build_dataset', 'error_line', 'paper_split', 'pixel_counts',
 ]
 
 DATASETS = ('camvid', 'camvid32', 'camvid32to11', 'cityscapes', 'folder', 'synthetic')
@@ -70,6 +71,17 @@ _INVALID = 1000  # marker in id lookup tables for values a layout never contains
 
 class DatasetError(Exception):
     """A dataset file is missing or unreadable; the message starts with the file's path."""
+
+
+def error_line(exc: BaseException) -> str:
+    """The one-line message of a DatasetError, also when a DataLoader worker raised it: the
+    loader then re-raises it in the main process with the worker's traceback in the message."""
+    text = str(exc).strip()
+    if 'Original Traceback' in text:
+        for line in reversed(text.splitlines()):
+            if 'DatasetError: ' in line:
+                return line.split('DatasetError: ', 1)[1].strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def paper_split(stems: Sequence[str], seed: int = 0) -> dict[str, list[str]]:
@@ -138,8 +150,21 @@ def _map_ids(ids: np.ndarray, table: np.ndarray, path: Path) -> np.ndarray:
     bad = out == _INVALID
     if bad.any():
         values = np.unique(ids[bad])
-        raise DatasetError(f'{path}: unknown label id(s) {values[:8].tolist()} ({int(bad.sum())} pixels)')
+        raise DatasetError(f'{path}: unknown label id(s) {values[:8].tolist()} ({int(bad.sum())} pixels); '
+                           f'this layout has ids {_id_ranges(np.flatnonzero(table != _INVALID))}')
     return out.astype(np.uint8)
+
+
+def _id_ranges(ids: np.ndarray) -> str:
+    """'0..10, 255' for the valid ids of a lookup table."""
+    parts, start = [], None
+    for i, value in enumerate(ids.tolist()):
+        if start is None:
+            start = value
+        if i + 1 == len(ids) or ids[i + 1] != value + 1:
+            parts.append(str(value) if value == start else f'{start}..{value}')
+            start = None
+    return ', '.join(parts)
 
 
 def _map_colours(rgb: np.ndarray, colour_to_id: dict[int, int], path: Path) -> np.ndarray:
@@ -260,9 +285,11 @@ def _camvid32(root: Path, split: str, transform: Callable | None, to11: bool, se
         ids = [CAMVID11.index(CAMVID32_TO_11[n]) if n in CAMVID32_TO_11 else IGNORE_INDEX
                for n in table.class_names]
         palette = CAMVID11
-    else:
-        ids = [IGNORE_INDEX if n == 'Void' else i for i, n in enumerate(table.class_names)]
-        palette = table
+    else:  # Void is ignore, not a class: the others keep the file's order, numbered without it
+        kept = [i for i, n in enumerate(table.class_names) if n != 'Void']
+        ids = [kept.index(i) if i in kept else IGNORE_INDEX for i in range(len(table.class_names))]
+        palette = CAMVID31 if table is CAMVID32 else Palette(
+            'camvid31', tuple(table.class_names[i] for i in kept), table.colors[kept])
     colour_to_id = {_colour_code(c): i for c, i in zip(table.colors.tolist(), ids, strict=True)}
     images = _images_in(root / '701_StillsRaw_full')
     by_stem = {p.stem: p for p in images}
