@@ -12,6 +12,7 @@ nothing huge is allocated.
 """
 from __future__ import annotations
 
+import os
 import struct
 import time
 import tracemalloc
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from sensor_msgs.msg import CompressedImage, Image
 
@@ -34,8 +35,12 @@ from jetseg_ros.image_conversion import (
     image_to_rgb,
 )
 
-#: Examples per property in the suite (fixed seed); scripts/fuzz_frames.py overrides them.
+#: Examples per property in the suite (fixed seed).
 SUITE_EXAMPLES = {'raw': 250, 'compressed': 150, 'segment': 12}
+#: scripts/fuzz_frames.py sets JETSEG_FUZZ_CASES (split in these shares) and JETSEG_FUZZ_SEED.
+FUZZ_SHARES = {'raw': 0.55, 'compressed': 0.40, 'segment': 0.05}
+FUZZ_CASES = int(os.environ.get('JETSEG_FUZZ_CASES', '0') or 0)
+FUZZ_SEED = os.environ.get('JETSEG_FUZZ_SEED', '')
 #: A conversion that takes longer than this is a hang (generous: the machine may be loaded).
 HANG_S = 20.0
 #: Peak Python/numpy allocation allowed per decoded pixel, and per byte of a message.
@@ -48,9 +53,16 @@ MAX_DECODED_PIXELS = 1 << 16  # decoded frames in the fuzz: up to 1x4096 .. 256x
 OUTCOMES: Counter = Counter()
 
 
-def _profile(kind: str) -> settings:
-    return settings(max_examples=SUITE_EXAMPLES[kind], derandomize=True, database=None, deadline=None,
-                    suppress_health_check=list(HealthCheck), print_blob=False)
+def _profile(kind: str):
+    """The suite's small fixed-seed run, or the script's long one (seeded, so it can be repeated)."""
+    examples = max(1, round(FUZZ_CASES * FUZZ_SHARES[kind])) if FUZZ_CASES else SUITE_EXAMPLES[kind]
+    chosen = settings(max_examples=examples, derandomize=not FUZZ_SEED, database=None, deadline=None,
+                      suppress_health_check=list(HealthCheck), print_blob=False)
+
+    def apply(test):
+        test = chosen(test)
+        return seed(int(FUZZ_SEED))(test) if FUZZ_SEED else test
+    return apply
 
 
 # ----------------------------------------------------------------------------- reference decoding
@@ -253,7 +265,8 @@ def raw_cases(draw) -> tuple[Image, dict]:
     """An Image message: well-formed (any encoding, padding, endianness, 1x1..4096 on a side) or
     malformed (unknown encoding, declared size up to 4096x4096 and beyond, bad step, truncated or
     oversized data)."""
-    encoding = draw(st.one_of(st.sampled_from(SUPPORTED_ENCODINGS), st.sampled_from(_UNKNOWN_ENCODINGS),
+    supported = st.sampled_from(SUPPORTED_ENCODINGS)
+    encoding = draw(st.one_of(supported, supported, supported, supported, st.sampled_from(_UNKNOWN_ENCODINGS),
                               st.text(max_size=12)))
     enc = encoding.strip().lower()
     bpp = _BYTES.get(enc, draw(st.integers(1, 4)))
@@ -280,7 +293,7 @@ def raw_cases(draw) -> tuple[Image, dict]:
         data = (np.arange(n) % 256).astype(np.uint8).tobytes()
     else:
         data = (b'\0' if fill == 'zeros' else b'\xff') * n
-    fault = draw(st.sampled_from(['none'] * 6 + ['truncate', 'extend', 'big_height', 'big_width', 'huge',
+    fault = draw(st.sampled_from(['none'] * 12 + ['truncate', 'extend', 'big_height', 'big_width', 'huge',
                                                  'step_short', 'step_zero', 'step_huge', 'zero_size']))
     if fault == 'truncate':
         data = data[:draw(st.integers(0, max(n - 1, 0)))]
