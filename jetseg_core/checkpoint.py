@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import SafetensorError
@@ -207,22 +208,58 @@ def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tens
 
 # ----------------------------------------------------------------------------- reading
 
+def _kind_of(mode: int) -> str:
+    for test, words in ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a FIFO (named pipe)'),
+                        (stat.S_ISCHR, 'a character device'), (stat.S_ISBLK, 'a block device'),
+                        (stat.S_ISSOCK, 'a socket')):
+        if test(mode):
+            return words
+    return 'not a regular file'
+
+
+def _open_checkpoint(path: Path) -> BinaryIO:
+    """Open a checkpoint for reading, refusing anything but a regular file with one clear reason.
+
+    Opened non-blocking and checked on the open descriptor: a FIFO named as a checkpoint (or one
+    swapped in after a check by name) must not block start-up waiting for a writer, and a device
+    such as /dev/zero must not be read forever.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_CLOEXEC', 0))
+    except FileNotFoundError:
+        raise CheckpointError(path, 'no such file') from None
+    except PermissionError:
+        raise CheckpointError(path, 'permission denied (the file is not readable by this user)') from None
+    except OSError as exc:
+        raise CheckpointError(path, f'cannot open: {exc.strerror or exc}') from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _kind_of(mode)
+            raise CheckpointError(path, f'is {kind}, not a regular file' if kind.startswith('a ')
+                                  else 'not a regular file')
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, 'rb')
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _read_header(path: Path) -> tuple[dict[str, Any], dict[str, str], int]:
     """Parse and sanity-check the safetensors header; returns (tensor table, metadata, file size)."""
-    if not path.exists():
-        raise CheckpointError(path, 'no such file')
-    if not path.is_file():
-        raise CheckpointError(path, 'not a regular file')
-    size = path.stat().st_size
-    with path.open('rb') as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(path, f'truncated: {size} bytes is too short for a safetensors file')
-        (n,) = struct.unpack('<Q', head)
-        if n > min(_MAX_HEADER_BYTES, size - 8):
-            raise CheckpointError(path, f'truncated or not a safetensors file: header claims {n} bytes '
-                                        f'but the file has {size}')
-        raw = f.read(n)
+    with _open_checkpoint(path) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(path, f'truncated: {size} bytes is too short for a safetensors file')
+            (n,) = struct.unpack('<Q', head)
+            if n > min(_MAX_HEADER_BYTES, size - 8):
+                raise CheckpointError(path, f'truncated or not a safetensors file: header claims {n} bytes '
+                                            f'but the file has {size}')
+            raw = f.read(n)
+        except OSError as exc:
+            raise CheckpointError(path, f'cannot read: {exc.strerror or exc}') from None
     try:
         header = json.loads(raw.decode('utf-8'))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -265,8 +302,13 @@ def _parse_meta(path: Path, metadata: dict[str, str]) -> CheckpointMeta:
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    with _open_checkpoint(path) as f:
+        try:
+            data = f.read()
+        except OSError as exc:
+            raise CheckpointError(path, f'cannot read: {exc.strerror or exc}') from None
     try:
-        return _st_load(path.read_bytes())
+        return _st_load(data)
     except (SafetensorError, RuntimeError, ValueError) as exc:
         raise CheckpointError(path, f'corrupt tensor data ({exc})') from None
 

@@ -1,10 +1,14 @@
 """Checkpoints: round trips, resuming, and one clear CheckpointError for every broken file."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import signal
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -203,8 +207,76 @@ def test_missing_file_and_directory_raise_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match='no such file') as info:
         load_checkpoint(tmp_path / 'nope.safetensors')
     assert str(info.value).startswith(str(tmp_path / 'nope.safetensors'))
-    with pytest.raises(CheckpointError, match='not a regular file'):
+    with pytest.raises(CheckpointError, match='is a directory, not a regular file'):
         load_checkpoint(tmp_path)
+
+
+@contextlib.contextmanager
+def _no_hang(seconds: int = 20):
+    """Fail instead of blocking for ever (opening a FIFO for reading waits for a writer)."""
+    def give_up(*_args):
+        raise AssertionError(f'still blocked after {seconds} s')
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def fifo(tmp_path) -> Path:
+    path = tmp_path / 'pipe.safetensors'
+    os.mkfifo(path)
+    return path
+
+
+def test_fifo_device_and_directory_are_refused_at_once_saying_what_they_are(tmp_path, fifo):
+    cases = [(fifo, 'is a FIFO (named pipe), not a regular file'),
+             (Path('/dev/zero'), 'is a character device, not a regular file'),
+             (tmp_path, 'is a directory, not a regular file')]
+    for path, problem in cases:
+        for read in (load_checkpoint, read_checkpoint_meta):
+            with _no_hang(), pytest.raises(CheckpointError) as info:
+                read(path)
+            assert str(info.value) == f'{path}: {problem}'
+        with _no_hang(), pytest.raises(CheckpointError, match='not a regular file'):
+            restore_training_state(path, None)
+        with _no_hang(), pytest.raises(CheckpointError, match='not a regular file'):
+            resolve_checkpoint(str(path), profile=None)
+
+
+def test_file_that_cannot_be_read_or_opened_gives_checkpoint_error():
+    # Regular, but every read fails (EIO), even for root: what an unreadable disk block looks like.
+    with pytest.raises(CheckpointError, match=r'^/proc/self/mem: cannot read: Input/output error$'):
+        load_checkpoint('/proc/self/mem')
+    with pytest.raises(CheckpointError, match='cannot open: Not a directory'):
+        load_checkpoint('/etc/hostname/model.safetensors')
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root reads files whatever their mode')
+def test_file_without_read_permission_gives_checkpoint_error(saved, tmp_path):
+    path = tmp_path / 'locked.safetensors'
+    path.write_bytes(saved[0].read_bytes())
+    path.chmod(0)
+    with pytest.raises(CheckpointError, match='permission denied'):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize('target', ['fifo', '/dev/zero', 'directory'])
+def test_cli_given_a_checkpoint_that_is_no_file_exits_2_with_one_line(tmp_path, fifo, target):
+    # jetseg-export hands --checkpoint straight to the checkpoint reader.
+    path = {'fifo': fifo, 'directory': tmp_path}.get(target, target)
+    proc = subprocess.run([sys.executable, '-m', 'jetseg_core.export', '--checkpoint', str(path),
+                           '--output', str(tmp_path / 'out.pt')], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr
+    assert f'{path}: is a' in lines[0] and 'not a regular file' in lines[0]
+    assert not (tmp_path / 'out.pt').exists()
 
 
 def test_checkpoint_for_another_profile_or_class_count_is_refused(saved):
