@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything in .venv on a fresh Debian machine with Python 3.11:
-# torch 2.13 (CPU), the ROS 2 kilted wheels from PyPI, our messages (generated
-# with rosidl), this package, and, when ../shared/ros-launch is present,
-# launch/launch_ros/ros2cli/launch_testing. Idempotent: a re-run takes seconds.
+# torch 2.13 (CPU), ONNX Runtime and OpenVINO (CPU inference engines), the ROS 2 kilted wheels
+# from PyPI, our messages (generated with rosidl), this package, and, when ../shared/ros-launch
+# is present, launch/launch_ros/ros2cli/launch_testing. Idempotent: a re-run takes seconds.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -61,7 +61,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
       pipi torch==2.13.0
     fi
   fi
-  log "pip: requirements.txt (numpy, ROS 2 kilted wheels, rosidl, ...)"
+  log "pip: requirements.txt (numpy, onnxruntime, openvino, ROS 2 kilted wheels, rosidl, ...)"
   pipi -r "$ROOT/requirements.txt"
   if [ -n "$ROS_LAUNCH" ]; then
     log "ros-launch: launch, launch_ros, ros2cli, launch_testing from $ROS_LAUNCH"

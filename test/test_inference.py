@@ -142,8 +142,8 @@ def test_output_size_and_probabilities(segmenter):
 
 def test_folded_batchnorm_gives_the_same_labels_as_the_unfolded_model(calibrated):
     model, meta = calibrated
-    folded = Segmenter(model, meta, device='cpu', fold_bn=True)
-    unfolded = Segmenter(model, meta, device='cpu', fold_bn=False)
+    folded = Segmenter(model, meta, device='cpu', fold_bn=True, backend='torch')
+    unfolded = Segmenter(model, meta, device='cpu', fold_bn=False, backend='torch')
     assert 'bnfolded' in folded.backend and 'bnfolded' not in unfolded.backend
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.model.modules())
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # caller's model untouched
@@ -161,16 +161,16 @@ def test_folded_batchnorm_gives_the_same_labels_as_the_unfolded_model(calibrated
 def test_channels_last_gives_the_same_labels(calibrated):
     model, meta = calibrated
     img = _image(120, 160, seed=4)
-    default = Segmenter(model, meta, device='cpu')
-    nchw = Segmenter(model, meta, device='cpu', channels_last=False)
+    default = Segmenter(model, meta, device='cpu', backend='torch')
+    nchw = Segmenter(model, meta, device='cpu', channels_last=False, backend='torch')
     assert default.channels_last and default.backend.endswith('-cl') and not nchw.backend.endswith('-cl')
     assert np.array_equal(default.segment(img).labels, nchw.segment(img).labels)
 
 
 def test_cpu_rewrites_give_the_same_labels(calibrated):
     model, meta = calibrated
-    grouped = Segmenter(model, meta, device='cpu', cpu_rewrites=False)
-    dense = Segmenter(model, meta, device='cpu')
+    grouped = Segmenter(model, meta, device='cpu', cpu_rewrites=False, backend='torch')
+    dense = Segmenter(model, meta, device='cpu', backend='torch')
     assert dense.cpu_rewrites and '-cpurewrites' in dense.backend and '-cpurewrites' not in grouped.backend
     for seed, size in [(5, NET), (6, (150, 200))]:
         img = _image(*size, seed=seed)
@@ -181,8 +181,8 @@ def test_cpu_rewrites_give_the_same_labels(calibrated):
 
 def test_torchscript_graph_gives_the_same_numbers_as_eager_pytorch(calibrated):
     model, meta = calibrated
-    graph = Segmenter(model, meta, device='cpu')
-    eager = Segmenter(model, meta, device='cpu', torchscript=False)
+    graph = Segmenter(model, meta, device='cpu', backend='torch')
+    eager = Segmenter(model, meta, device='cpu', torchscript=False, backend='torch')
     assert graph.torchscript and graph.backend.startswith('torchscript-')
     assert not eager.torchscript and eager.backend.startswith('torch-')
     # One graph, traced on the first frame, serves other frame sizes and batch sizes.
@@ -317,8 +317,9 @@ def test_segmenter_describes_itself(segmenter, calibrated):
     assert np.array_equal(segmenter.palette, CAMVID11.colors)
     assert segmenter.input_size == NET and segmenter.num_classes == 11 and segmenter.profile == 'nano'
     assert segmenter.device == 'cpu' and segmenter.precision == 'fp32'
-    assert segmenter.backend == 'torchscript-fp32-bnfolded-cpurewrites-cl'
     model, meta = calibrated
+    torch_path = Segmenter(model, meta, device='cpu', backend='torch')
+    assert torch_path.backend == 'torchscript-fp32-bnfolded-cpurewrites-cl'
     before = torch.get_num_threads()
     try:
         Segmenter(model, meta, device='auto', precision='auto', num_threads=1)
