@@ -108,6 +108,26 @@ def test_all_ignored_batch_gives_zero_loss_and_finite_gradient():
     assert loss.item() == 0.0 and torch.isfinite(logits.grad).all()
 
 
+@pytest.mark.parametrize('weighted', [False, True])
+def test_ce_loss_of_an_all_ignored_batch_is_zero_not_nan(weighted: bool):
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    criterion = build_loss('ce', 3, pixel_counts=[50, 200, 9] if weighted else None)
+    loss = criterion(logits, torch.full((2, 4, 4), 255))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(logits.grad).all() and not logits.grad.any()
+
+
+def test_ce_loss_is_the_weighted_mean_over_labelled_pixels():
+    torch.manual_seed(4)
+    logits, target = torch.randn(2, 3, 5, 5), torch.randint(0, 3, (2, 5, 5))
+    target[0, :2] = 255
+    weights = torch.tensor([0.5, 2.0, 1.0])
+    loss = build_loss('ce', 3, pixel_counts=[1, 1, 1])
+    loss.class_weights.copy_(weights)
+    expected = F.cross_entropy(logits, target, weight=weights, ignore_index=255)
+    assert loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_ce_term_adds_weighted_cross_entropy():
     torch.manual_seed(2)
     target = torch.randint(0, 3, (1, 6, 6))
