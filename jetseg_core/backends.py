@@ -32,10 +32,12 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ['BACKENDS', 'ENGINES', 'BackendUnavailable', 'Engine', 'OnnxRuntimeEngine', 'OpenVINOEngine',
            'TensorRTEngine', 'backend_available', 'cache_dir', 'create_engine', 'resolve_backend',
@@ -65,13 +67,14 @@ def _import(name: str) -> Any:
     try:
         return importlib.import_module(name)
     except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install's OSError/RuntimeError
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BackendUnavailable(f"backend '{name}' is not installed here ({detail}); "
+        raise BackendUnavailable(f"backend '{name}' is not installed here ({_first_line(exc)}); "
                                  f"{_INSTALL_HINTS[name]}, or use backend 'auto' or 'torch'") from None
 
 
 def backend_available(name: str) -> bool:
     """Whether the engine's module imports here (tensorrt also needs a CUDA GPU)."""
+    import torch
+
     if name == 'torch':
         return True
     if name == 'tensorrt' and not torch.cuda.is_available():
@@ -90,6 +93,8 @@ def resolve_backend(backend: str, device: str = 'auto') -> tuple[str, str]:
     torch. A named engine that cannot run here raises :class:`BackendUnavailable`; an unknown name
     raises ValueError. ``device`` 'auto' becomes what the backend runs on ('cpu' for the CPU engines).
     """
+    import torch
+
     name = str(backend).strip().lower()
     if name not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}'; valid: {', '.join(BACKENDS)}")
@@ -136,6 +141,8 @@ def cache_dir() -> Path:
 def weights_digest(net: torch.nn.Module) -> str:
     """SHA-256 of a network's architecture (its module tree, which names kernel sizes, dilations and
     groups) and every tensor of its state dict: the identity of what an engine computes."""
+    import torch
+
     digest = hashlib.sha256(repr(net).encode())
     for name, tensor in net.state_dict().items():
         tensor = tensor.detach().to('cpu').contiguous()
@@ -147,6 +154,8 @@ def weights_digest(net: torch.nn.Module) -> str:
 def _cache_path(kind: str, suffix: str, net: torch.nn.Module, input_size: Sequence[int], digest: str,
                 *fields: str) -> Path:
     """A cache file whose name changes with every input to the build."""
+    import torch
+
     h, w = input_size
     key = hashlib.sha256('|'.join([digest, f'{h}x{w}', f'graph{GRAPH_VERSION}', torch.__version__,
                                    platform.machine(), *fields]).encode()).hexdigest()[:20]
@@ -183,21 +192,42 @@ def _write_cache(path: Path, data: bytes, log: Callable[[str], None]) -> bool:
     return True
 
 
-def engine_onnx(net: torch.nn.Module, input_size: Sequence[int], digest: str,
-                log: Callable[[str], None]) -> bytes:
-    """The ONNX graph every engine is built from (coarse logits, N x h x w x C), cached."""
-    path = _cache_path('graph', '.onnx', net, input_size, digest)
-    data = _read_cache(path)
-    if data:
-        return data
-    from jetseg_core.export import onnx_bytes
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
-    started = time.perf_counter()
-    data = onnx_bytes(net, input_size, returns='coarse', dynamic_batch=True, channels_last_output=True)
-    stored = _write_cache(path, data, log)
-    log(f'exported the network to ONNX in {time.perf_counter() - started:.1f} s'
-        + (f', cached at {path}' if stored else ''))
-    return data
+
+class EngineGraph:
+    """The ONNX graph every engine is built from (coarse logits, N x h x w x C), exported on first
+    use or read from the cache; ``from_cache`` says which."""
+
+    def __init__(self, net: torch.nn.Module, input_size: Sequence[int], digest: str,
+                 log: Callable[[str], None]) -> None:
+        self._net, self._size, self._log = net, tuple(input_size), log
+        self.path = _cache_path('graph', '.onnx', net, input_size, digest)
+        self.from_cache = False
+        self._data: bytes | None = None
+
+    def __call__(self) -> bytes:
+        if self._data is None:
+            self._data = _read_cache(self.path)
+            self.from_cache = bool(self._data)
+            if not self._data:
+                self.export()
+        return self._data
+
+    def export(self) -> bytes:
+        """Export the network again (and overwrite the cached file)."""
+        from jetseg_core.export import onnx_bytes
+
+        started = time.perf_counter()
+        self._data = onnx_bytes(self._net, self._size, returns='coarse', dynamic_batch=True,
+                                channels_last_output=True)
+        self.from_cache = False
+        stored = _write_cache(self.path, self._data, self._log)
+        self._log(f'exported the network to ONNX in {time.perf_counter() - started:.1f} s'
+                  + (f', cached at {self.path}' if stored else ''))
+        return self._data
 
 
 # ----------------------------------------------------------------------------- engines
@@ -230,6 +260,8 @@ class Engine:
 
 def _host_array(x: torch.Tensor) -> np.ndarray:
     """The tensor as a C-contiguous float32 numpy array: no copy for the Segmenter's NCHW buffer."""
+    import torch
+
     return x.detach().to('cpu', torch.float32).contiguous().numpy()
 
 
@@ -263,6 +295,8 @@ class OnnxRuntimeEngine(Engine):
         self.threads = threads
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         (out,) = self._session.run(None, {self._input: _host_array(x)})
         return torch.from_numpy(out).permute(0, 3, 1, 2)
 
@@ -292,8 +326,8 @@ class OpenVINOEngine(Engine):
             try:
                 compiled = self._import(num_threads)
             except RuntimeError as exc:
-                log(f'cached OpenVINO model {self.cache_path} is unusable '
-                    f'({str(exc).strip().splitlines()[0] if str(exc).strip() else exc}); building it again')
+                log(f'the cached OpenVINO model {self.cache_path} is unusable ({_first_line(exc)}); '
+                    'building it again')
                 compiled = None
         if compiled is None:
             graph = onnx()
@@ -331,6 +365,8 @@ class OpenVINOEngine(Engine):
             self._use(self._import(threads), threads)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         array = _host_array(x)
         outs = [self._request.infer({0: array[i:i + 1]}, share_inputs=True)[0] for i in range(len(array))]
         out = outs[0] if len(outs) == 1 else np.concatenate(outs)
@@ -350,6 +386,8 @@ class TensorRTEngine(Engine):
     def __init__(self, onnx: Callable[[], bytes], net: torch.nn.Module, input_size: Sequence[int],
                  digest: str, device: torch.device, precision: str = 'fp16',
                  log: Callable[[str], None] = _logger.info) -> None:
+        import torch
+
         super().__init__(precision)
         trt = _import('tensorrt')
         self._trt = trt
@@ -364,7 +402,7 @@ class TensorRTEngine(Engine):
         engine = runtime.deserialize_cuda_engine(plan) if plan else None
         if engine is None:
             if plan:
-                log(f'cached TensorRT engine {self.cache_path} is unusable; building it again')
+                log(f'the cached TensorRT engine {self.cache_path} is unusable; building it again')
             graph = onnx()
             started = time.perf_counter()
             plan = self._build(graph, tuple(int(s) for s in input_size))
@@ -410,6 +448,8 @@ class TensorRTEngine(Engine):
         return bytes(plan)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
         x = x.to(self._device, torch.float32).contiguous()
         n = x.shape[0]
         out = torch.empty((n, *self._output_shape[1:]), dtype=torch.float32, device=self._device)
@@ -430,21 +470,30 @@ def create_engine(backend: str, net: torch.nn.Module, input_size: Sequence[int],
     ``log`` gets one line whenever something is built (and how long it took), or a cache
     file could not be used; default: this module's logger.
     """
+    import torch
+
     if backend not in ENGINES:
         raise ValueError(f"'{backend}' is not an engine; engines: {', '.join(ENGINES)}")
     log = log or _logger.info
     net = net.eval().float().cpu()
     size = (int(input_size[0]), int(input_size[1]))
     digest = weights_digest(net)
-    graph: list[bytes] = []
+    graph = EngineGraph(net, size, digest, log)  # exported or read only when an engine needs it
 
-    def onnx() -> bytes:  # exported (or read from the cache) only when an engine needs it
-        if not graph:
-            graph.append(engine_onnx(net, size, digest, log))
-        return graph[0]
+    def build() -> Engine:
+        if backend == 'onnxruntime':
+            return OnnxRuntimeEngine(graph(), num_threads)
+        if backend == 'openvino':
+            return OpenVINOEngine(graph, net, size, digest, num_threads, log)
+        return TensorRTEngine(graph, net, size, digest, torch.device(device), precision, log)
 
-    if backend == 'onnxruntime':
-        return OnnxRuntimeEngine(onnx(), num_threads)
-    if backend == 'openvino':
-        return OpenVINOEngine(onnx, net, size, digest, num_threads, log)
-    return TensorRTEngine(onnx, net, size, digest, torch.device(device), precision, log)
+    try:
+        return build()
+    except BackendUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - each engine has its own error types for a bad model
+        if not graph.from_cache:
+            raise
+        log(f'the cached ONNX graph {graph.path} is unusable ({_first_line(exc)}); exporting it again')
+        graph.export()
+        return build()

@@ -16,7 +16,12 @@ Variants:
   folded     + BN folded
   rewritten  + channels_last and jetseg_core.fuse.rewrite_for_cpu (dense 1x1 convs, no channel
              shuffles, no width-dilated depthwise convs)
-  graph      + run as a frozen TorchScript graph: the Segmenter's CPU defaults, what the node runs
+  graph      + run as a frozen TorchScript graph: the Segmenter's CPU defaults with backend 'torch'
+
+Backends (``--backend torch,openvino,onnxruntime``; see jetseg_core.backends): the Segmenter with
+each backend, side by side with the same preprocessing and class decision; on their own unless
+``--variants`` is given too. The header gives the network's params and GMACs; every row its
+median and p90, and the share of pixels whose labels equal the torch backend's.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from jetseg_core.backends import BACKENDS
 from jetseg_core.checkpoint import CheckpointError, CheckpointMeta, resolve_checkpoint
 from jetseg_core.cli import OneLineParser, UsageError, parse_size, positive_int_list, usage_error
 from jetseg_core.inference import Segmenter
@@ -46,6 +52,14 @@ def _variant_list(text: str) -> list[str]:
     if bad or not names:
         raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(bad) or text!r}; "
                                          f"valid: {', '.join(VARIANTS)}")
+    return names
+
+
+def _backend_list(text: str) -> list[str]:
+    names = [v.strip().lower() for v in text.split(',') if v.strip()]
+    bad = [n for n in names if n not in BACKENDS]
+    if bad or not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"bad backend list {text!r} (each once, from {', '.join(BACKENDS)})")
     return names
 
 
@@ -85,10 +99,11 @@ def _percentile(values: Sequence[float], q: float) -> float:
 def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, int] | None,
                   threads: list[int] | None, iterations: int, warmup: int, variants: list[str],
                   checkpoint: str, device: str, gap_ms: float = 0.0,
-                  out=None) -> dict[tuple[int, str], list[float]]:
+                  out=None, backends: Sequence[str] = ()) -> dict[tuple[int, str], list[float]]:
     """Time the variants interleaved; print the table; return raw times (ms) per (threads, variant).
 
     ``threads`` None or empty: the profile's best on the device, as the node and jetseg-predict run it.
+    ``backends``: Segmenter backends to time as further rows (named after the backend).
     """
     out = out or sys.stdout
     model, meta = resolve_checkpoint(checkpoint, profile)
@@ -107,9 +122,16 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
         if name == 'eager':
             runners[name] = _eager_runner(model, meta, torch.device('cuda' if device == 'cuda' else 'cpu'))
         else:
-            seg = Segmenter(model, meta, device=device, **options[name])
+            seg = Segmenter(model, meta, device=device, backend='torch', **options[name])
             segmenters[name] = seg
             runners[name] = lambda rgb, seg=seg: seg.segment(rgb).labels
+    for name in backends:
+        seg = Segmenter(model, meta, device=device, backend=name,
+                        log=lambda line: print(f'jetseg-benchmark: {line}', file=sys.stderr))
+        segmenters[name] = seg
+        runners[name] = lambda rgb, seg=seg: seg.segment(rgb).labels
+    variants = list(variants) + list(backends)
+    torch_path = segmenters.get('torch') or Segmenter(model, meta, device=device, backend='torch')
     dev = next(iter(segmenters.values())).device if segmenters else device
     if not threads:
         threads = [resolve_thread_setting(meta.profile, dev).count]
@@ -123,11 +145,19 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
     # were busy, and 2.3x slower on an otherwise idle machine).
     print(f'load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, '
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}", file=out)
+    from jetseg_core.complexity import count_complexity
+
+    counts = count_complexity(model, (h, w))
+    print(f'network: {counts.params:,} params, {counts.macs / 1e9:.3f} GMACs at {h}x{w}; '
+          + ', '.join(f'{name} = {seg.backend}' for name, seg in segmenters.items()
+                      if name in backends), file=out)
     times: dict[tuple[int, str], list[float]] = {}
     stage_ms: dict[tuple[int, str], list[tuple[float, float, float]]] = {}  # pre, network, post
     reference = None
     for t in threads:
         torch.set_num_threads(t)
+        for seg in segmenters.values():
+            seg.set_num_threads(t)  # an engine's own threads too
         for fn in runners.values():
             for _ in range(warmup):
                 fn(frame)
@@ -147,11 +177,11 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
                     runners[name](frame)
                     times.setdefault((t, name), []).append((time.perf_counter() - t0) * 1000.0)
         if reference is None:
-            reference = runners[variants[0]](frame)
+            reference = torch_path.segment(frame).labels
     agree = {name: float((fn(frame) == reference).mean()) for name, fn in runners.items()}
 
-    print(f'{"threads":>7}  {"variant":<10} {"p50 ms":>8} {"p95 ms":>8} {"FPS":>7} {"pre p50":>8} '
-          f'{"net p50":>8} {"post p50":>8} {"vs " + variants[0]:>9}  {"labels=":>7}', file=out)
+    print(f'{"threads":>7}  {"variant":<11} {"p50 ms":>8} {"p90 ms":>8} {"FPS":>7} {"pre p50":>8} '
+          f'{"net p50":>8} {"post p50":>8} {"vs " + variants[0][:6]:>9}  {"=torch":>7}', file=out)
     for t in threads:
         base = float(np.median(times[(t, variants[0])]))
         for name in variants:
@@ -161,11 +191,11 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
                 stages = ' '.join(f'{m:8.2f}' for m in np.median(np.asarray(stage_ms[(t, name)]), axis=0))
             else:
                 stages = ' '.join([f'{"-":>8}'] * 3)
-            print(f'{t:>7}  {name:<10} {p50:8.1f} {_percentile(v, 95):8.1f} {1000.0 / p50:7.1f} {stages} '
+            print(f'{t:>7}  {name:<11} {p50:8.1f} {_percentile(v, 90):8.1f} {1000.0 / p50:7.1f} {stages} '
                   f'{base / p50:8.2f}x  {agree[name]:7.2%}', file=out)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(f'peak RSS {rss_mb:.0f} MiB; ratio = {variants[0]} median / variant median (higher is faster); '
-          f"labels= : pixels equal to {variants[0]}'s labels", file=out)
+          "=torch : pixels equal to the torch backend's labels", file=out)
     return times
 
 
@@ -182,8 +212,12 @@ def main(argv: list[str] | None = None) -> int:
                              '1 for nano on CPU, else one per core)')
     parser.add_argument('--iterations', type=int, default=30, help='timed frames per variant (default 30)')
     parser.add_argument('--warmup', type=int, default=3, help='untimed frames per variant first (default 3)')
-    parser.add_argument('--variants', type=_variant_list, default=list(VARIANTS),
-                        help=f'comma-separated subset of {",".join(VARIANTS)}; the first is the baseline')
+    parser.add_argument('--variants', type=_variant_list, default=None,
+                        help=f'comma-separated subset of {",".join(VARIANTS)}; the first is the baseline '
+                             '(default: all of them, or none with --backend)')
+    parser.add_argument('--backend', type=_backend_list, default=[],
+                        help=f'comma-separated backends to time side by side ({",".join(BACKENDS)}), '
+                             'e.g. torch,onnxruntime,openvino; after --variants, if given')
     parser.add_argument('--checkpoint', default='untrained',
                         help="'untrained' (default), '' for the shipped weights, or a checkpoint file")
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda', 'auto'))
@@ -201,11 +235,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.tune_malloc and not tune_malloc():
         print('jetseg-benchmark: note: --tune-malloc ignored (not glibc, or GLIBC_TUNABLES tunes malloc)',
               file=sys.stderr)
+    variants = args.variants if args.variants is not None else ([] if args.backend else list(VARIANTS))
     try:
         run_benchmark(args.profile, args.size, args.frame_size, args.threads, args.iterations,
-                      args.warmup, args.variants, args.checkpoint, args.device, args.gap_ms)
-    except (CheckpointError, ValueError) as exc:
-        return usage_error(parser.prog, exc)
+                      args.warmup, variants, args.checkpoint, args.device, args.gap_ms,
+                      backends=args.backend)
+    except (CheckpointError, ValueError) as exc:  # ValueError: also a backend that cannot run here
+        return usage_error(parser.prog, str(exc).splitlines()[0] if str(exc) else exc)
     return 0
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .backends import BACKENDS
 from .cli import OneLineParser, UsageError, non_negative_int, parse_size, positive_int, usage_error
 from .train import DATASETS, SYNTHETIC_VAL_SEED_OFFSET, Dist, select_device
 
@@ -36,6 +37,9 @@ def build_parser() -> OneLineParser:
     p.add_argument('--batch-size', type=positive_int, default=4)
     p.add_argument('--device', default='auto')
     p.add_argument('--threads', type=positive_int, default=None)
+    p.add_argument('--backend', default='torch', choices=BACKENDS,
+                   help='what runs the network: torch scores the checkpoint as trained; an engine '
+                        "(auto: the one jetseg-predict and the node pick) scores what it computes")
     p.add_argument('--workers', type=non_negative_int, default=0, help='DataLoader workers')
     p.add_argument('--limit', type=positive_int, default=None, help='evaluate only the first N images')
     p.add_argument('--native-labels', action='store_true',
@@ -136,6 +140,36 @@ def run_evaluation(model: torch.nn.Module, dataset, num_classes: int, device: to
     return report, np.asarray(report.confusion), images / max(model_s, 1e-9)
 
 
+class EngineModel(torch.nn.Module):
+    """An inference engine (:mod:`jetseg_core.backends`) as a model: full-size logits, as the network's
+    forward returns them (the engine's coarse logits upsampled bilinearly)."""
+
+    def __init__(self, engine: Any) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.engine(x).float(), size=x.shape[-2:], mode='bilinear', align_corners=False)
+
+
+def _engine_model(backend: str, model: torch.nn.Module, size: tuple[int, int], device: str,
+                  threads: int | None) -> tuple[torch.nn.Module, torch.device | None, str]:
+    """(model, its device, backend label) for ``--backend``; the model itself when that is torch."""
+    from .backends import create_engine, resolve_backend
+    from .fuse import fold_batchnorm
+
+    try:
+        name, dev = resolve_backend(backend, device)
+        if name == 'torch':
+            return model, None, 'torch'
+        engine = create_engine(name, fold_batchnorm(model), size, device=dev,
+                               precision='fp16' if dev.startswith('cuda') else 'fp32', num_threads=threads,
+                               log=lambda line: print(f'jetseg-eval: {line}', file=sys.stderr))
+    except ValueError as exc:  # BackendUnavailable: not installed, or no device for it
+        raise UsageError(str(exc).splitlines()[0]) from None
+    return EngineModel(engine), torch.device(dev), engine.label
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point `jetseg-eval`."""
     try:
@@ -166,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f'{meta.num_classes} ({meta.profile}, trained on {meta.trained_on})')
         from .data.datasets import DatasetError, error_line
 
+        backend = 'torch'
+        if args.backend != 'torch':
+            model, on, backend = _engine_model(args.backend, model, size, args.device, args.threads)
+            device = on or device
         try:
             report, matrix, ips = run_evaluation(model, dataset, meta.num_classes, device, args.batch_size,
                                                  args.workers, args.limit)
@@ -178,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      f'(seed {args.seed} + {SYNTHETIC_VAL_SEED_OFFSET})')
         scored = "the labels' stored size" if args.native_labels else 'network size'
         print(f'{meta.profile} ({args.checkpoint or "shipped weights"}) on {where}: '
-              f'{n} images at {size[0]}x{size[1]}, scored at {scored}, device {device}')
+              f'{n} images at {size[0]}x{size[1]}, scored at {scored}, device {device}, backend {backend}')
         print(format_iou_table(report, list(meta.class_names)))
         print(f'mIoU {100 * report.miou:.2f}%  pixel accuracy {100 * report.pixel_accuracy:.2f}%  '
               f'{ips:.1f} images/s (model, batch {args.batch_size})')
@@ -197,7 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 'per_class_iou': dict(zip(meta.class_names, per_class, strict=True)),
                 'absent_classes': [meta.class_names[i] if isinstance(i, int) else i
                                    for i in getattr(report, 'absent_classes', [])],
-                'images_per_s': ips, 'device': str(device), 'confusion_matrix': matrix.tolist(),
+                'images_per_s': ips, 'device': str(device), 'backend': backend,
+                'confusion_matrix': matrix.tolist(),
             }
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=2))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import BACKENDS
 from .cli import OneLineParser, UsageError, positive_int, usage_error
 from .rgb import pil_to_rgb
 
@@ -31,6 +32,9 @@ def build_parser() -> OneLineParser:
                    help="checkpoint file; empty: the shipped weights of --profile; 'untrained': random init")
     p.add_argument('--profile', default='nano')
     p.add_argument('--device', default='auto')
+    p.add_argument('--backend', default='auto', choices=BACKENDS,
+                   help='what runs the network; auto: TensorRT, else torch on CUDA; OpenVINO, else '
+                        'ONNX Runtime, else torch on CPU')
     p.add_argument('--precision', default='auto', help="fp32, fp16 (CUDA only) or auto (fp16 on CUDA)")
     p.add_argument('--threads', type=positive_int, default=None,
                    help="CPU threads; default: the profile's best (nano: 1 on CPU, else one per core)")
@@ -177,6 +181,11 @@ class Predictor:
         return written
 
 
+def _note(line: str) -> None:
+    """Progress the user should see (an engine being built takes seconds), on stderr."""
+    print(f'jetseg-predict: {line}', file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point `jetseg-predict`."""
     try:
@@ -197,10 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             shipped = args.checkpoint in ('', 'untrained')
             seg = Segmenter.from_checkpoint(args.checkpoint, profile=args.profile if shipped else None,
                                             device=args.device, precision=args.precision,
-                                            num_threads=args.threads)
+                                            num_threads=args.threads, backend=args.backend, log=_note)
         except CheckpointError as exc:
             raise UsageError(str(exc)) from None
-        except ValueError as exc:  # bad device/precision
+        except ValueError as exc:  # bad device/precision, a backend that cannot run here
             raise UsageError(str(exc).splitlines()[0]) from None
         seg.warmup()  # builds the graph now, so the reported ms/frame is the steady-state figure
         args.output.mkdir(parents=True, exist_ok=True)
