@@ -7,12 +7,13 @@ from jetseg_core.data.datasets import (
     CAMVID32_TO_11,
     DatasetError,
     build_dataset,
+    error_line,
     paper_split,
     pixel_counts,
 )
 from jetseg_core.data.synthetic import SyntheticScenes
 from jetseg_core.data.transforms import EvalTransform
-from jetseg_core.palettes import CAMVID11, CAMVID32, CITYSCAPES19
+from jetseg_core.palettes import CAMVID11, CAMVID31, CAMVID32, CITYSCAPES19
 
 H, W = 12, 16
 
@@ -88,14 +89,57 @@ def test_unknown_label_id_is_reported(camvid_segnet):
         build_dataset('camvid', camvid_segnet, 'test')[0]
 
 
-def test_camvid32_colour_labels_decode_to_32_classes(tmp_path):
+def test_camvid32_colour_labels_decode_to_31_classes_with_void_ignored(tmp_path):
     root = _write_camvid32(tmp_path)
     ds = build_dataset('camvid32', root, 'all')
-    assert len(ds) == 10 and ds.num_classes == 32
+    # Void is never a target, so it is no class: no network output, no IoU, no class_info entry.
+    assert len(ds) == 10 and ds.num_classes == 31 and 'Void' not in ds.class_names
+    assert ds.class_names == CAMVID31.class_names == tuple(n for n in CAMVID32.class_names if n != 'Void')
+    assert np.array_equal(ds.palette.colors, CAMVID31.colors)
     _, labels = ds[3]
     raw = _ids(3, 32)
-    void = CAMVID32.index('Void')
-    assert np.array_equal(labels[raw != void], raw[raw != void]) and np.all(labels[raw == void] == 255)
+    for src_id, name in enumerate(CAMVID32.class_names):
+        expected = 255 if name == 'Void' else CAMVID31.index(name)
+        assert np.all(labels[raw == src_id] == expected), name
+    assert labels[labels != 255].max() <= 30
+    assert np.array_equal(CAMVID31.colors[CAMVID31.index('Wall')], CAMVID32.colors[CAMVID32.index('Wall')])
+
+
+def test_camvid32_with_its_own_label_colors_file_also_drops_void(tmp_path):
+    root = _write_camvid32(tmp_path, n=3)
+    lines = (root / 'label_colors.txt').read_text().splitlines()
+    (root / 'label_colors.txt').write_text('\n'.join(reversed(lines)) + '\n')  # another class order
+    ds = build_dataset('camvid32', root, 'all')
+    assert ds.num_classes == 31 and ds.class_names[0] == 'Wall' and 'Void' not in ds.class_names
+    _, labels = ds[1]
+    raw = _ids(1, 32)
+    wall = CAMVID32.index('Wall')
+    assert np.all(labels[raw == wall] == 0) and np.all(labels[raw == CAMVID32.index('Void')] == 255)
+
+
+def test_corrupt_image_or_label_file_is_named_in_the_error(camvid_segnet):
+    image = camvid_segnet / 'train' / 'train1.png'
+    image.write_bytes(image.read_bytes()[:100])
+    (camvid_segnet / 'trainannot' / 'train2.png').write_bytes(b'not a png at all')
+    ds = build_dataset('camvid', camvid_segnet, 'train')
+    with pytest.raises(DatasetError, match=r'train/train1\.png: cannot read image'):
+        ds[1]
+    with pytest.raises(DatasetError, match=r'trainannot/train2\.png: cannot read image'):
+        ds[2]
+    with pytest.raises(DatasetError, match=r'trainannot/train2\.png: cannot read image'):
+        ds.load_labels(2)
+
+
+def test_error_line_takes_the_message_out_of_a_dataloader_worker_traceback(camvid_segnet):
+    _save(camvid_segnet / 'trainannot' / 'train0.png', np.full((H, W), 60, np.uint8))
+    ds = build_dataset('camvid', camvid_segnet, 'train', transform=EvalTransform((24, 32)))
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1)
+    with pytest.raises(DatasetError) as caught:
+        next(iter(loader))
+    assert 'Traceback' in str(caught.value)  # what DataLoader makes of a worker's exception
+    line = error_line(caught.value)
+    assert 'trainannot/train0.png: unknown label id(s) [60]' in line
+    assert line.endswith('; this layout has ids 0..11, 255') and '\n' not in line
 
 
 def test_camvid32_maps_to_11_classes_with_the_documented_grouping(tmp_path):
