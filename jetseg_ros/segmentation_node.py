@@ -43,6 +43,7 @@ from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReli
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import ColorRGBA, Header
 
+from jetseg_core.backends import BACKENDS
 from jetseg_core.malloc import tune_malloc
 from jetseg_ros.image_conversion import (
     ImageConversionError,
@@ -130,6 +131,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   choices=('auto', 'cpu', 'cuda'), read_only=True),
     ParameterSpec('precision', 'auto', "Network precision; 'auto' = fp16 on CUDA else fp32; fp16 needs CUDA",
                   choices=('auto', 'fp32', 'fp16'), read_only=True),
+    ParameterSpec('backend', 'auto', "What runs the network; 'auto' = TensorRT on CUDA when installed, else "
+                  'torch; on CPU OpenVINO, else ONNX Runtime, else torch. An engine is built on the first '
+                  'start and cached in ~/.cache/jetseg ($XDG_CACHE_HOME)', choices=BACKENDS, read_only=True),
     ParameterSpec('num_threads', 0, "CPU threads for inference; 0 = the profile's best (nano: 1 on CPU; agx, "
                   "workstation: one per core); /diagnostics 'inference threads' shows the count in effect",
                   min_value=0, max_value=256),
@@ -369,7 +373,7 @@ class SegmentationNode(Node):
         try:
             segmenter = Segmenter.from_checkpoint(  # num_threads 0: the Segmenter applies the profile's best
                 s['checkpoint'], profile=s['profile'], device=s['device'], precision=s['precision'],
-                num_threads=s['num_threads'] or None)
+                num_threads=s['num_threads'] or None, backend=s['backend'], log=self.get_logger().info)
             segmenter.warmup()
             self._threads_in_use = segmenter.threads  # count and where it came from, for /diagnostics
         except CheckpointError as exc:
@@ -531,10 +535,8 @@ class SegmentationNode(Node):
     def _apply_num_threads(self, wanted: int) -> None:
         """A run-time change of num_threads, on the inference thread; 0 goes back to the profile's best."""
         if wanted != self._threads_applied:
-            from jetseg_core.profiles import apply_thread_setting
-
-            seg = self._segmenter
-            self._threads_in_use = apply_thread_setting(seg.profile, seg.device, wanted or None)
+            self._segmenter.set_num_threads(wanted or None)  # torch's threads and the engine's
+            self._threads_in_use = self._segmenter.threads
             self._threads_applied = wanted
 
     def _process(self, frame: _Frame) -> None:

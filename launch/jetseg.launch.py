@@ -33,6 +33,7 @@ ARGUMENTS = (
     ('node_name', 'jetseg', 'name of the segmentation node (its outputs are ~/labels, ~/overlay, ...)'),
     ('checkpoint', '', "weights: '' = shipped weights of the profile, 'untrained', or a .safetensors path"),
     ('device', '', "auto | cpu | cuda; '' keeps the profile's setting"),
+    ('backend', '', "auto | torch | openvino | onnxruntime | tensorrt; '' keeps the profile's setting"),
     ('use_sim_time', 'false', 'use /clock (for rosbag replay)'),
     ('rviz', 'false', 'start rviz2 with rviz/jetseg.rviz'),
     ('source', 'none', f"{' | '.join(SOURCES)}: start our image_source instead of a camera driver"),
@@ -108,7 +109,7 @@ def _nodes(context: LaunchContext) -> list:
     if arg['params_file']:
         params.append(arg['params_file'])
     overrides = {'profile': profile, 'use_sim_time': sim_time}
-    for key in ('checkpoint', 'device'):
+    for key in ('checkpoint', 'device', 'backend'):
         if arg[key]:
             overrides[key] = arg[key]
     params.append(overrides)

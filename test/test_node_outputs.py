@@ -27,6 +27,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
+from jetseg_core.backends import resolve_backend
 from jetseg_core.data.synthetic import generate_scene
 from jetseg_core.inference import nearest_resize
 from jetseg_core.palettes import CAMVID11
@@ -262,7 +263,8 @@ def test_diagnostics_report_rates_latency_and_setup(session):
     for key in ('input rate (Hz)', 'output rate (Hz)', 'latency p50 (ms)', 'latency p95 (ms)',
                 'frames dropped', 'frames rejected', 'last error', 'profile', 'device', 'backend'):
         assert key in values, key
-    assert values['profile'] == 'nano' and values['device'] == 'cpu' and values['backend'].startswith('torch')
+    auto = resolve_backend('auto', 'cpu')[0]  # the node's default backend: the best one installed
+    assert values['profile'] == 'nano' and values['device'] == 'cpu' and values['backend'].startswith(auto)
     assert float(values['latency p50 (ms)']) > 0
 
 
