@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -138,6 +139,29 @@ def test_sigint_during_training_saves_a_resumable_checkpoint(tmp_path: Path):
     assert train.main([*TINY, '--synthetic-scenes', '64', '--epochs', str(done + 1), '--loss', 'ce',
                        '--resume', str(saved), '--output', str(out)]) == 0
     assert int(_rows(out / 'log.csv')[-1]['epoch']) == done + 1
+
+
+def test_camvid32_trains_31_classes_without_void(tmp_path: Path):
+    from PIL import Image
+
+    from jetseg_core.palettes import CAMVID31, CAMVID32
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        stem = f'0001TP_{i:06d}'
+        for folder, array in (('701_StillsRaw_full', rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)),
+                              ('LabeledApproved_full', CAMVID32.colors[rng.integers(0, 32, (64, 64))])):
+            (tmp_path / 'data' / folder).mkdir(parents=True, exist_ok=True)
+            name = f'{stem}.png' if folder.startswith('701') else f'{stem}_L.png'
+            Image.fromarray(array).save(tmp_path / 'data' / folder / name)
+    out = tmp_path / 'out'
+    assert train.main(['--dataset', 'camvid32', '--data-root', str(tmp_path / 'data'), '--train-split', 'all',
+                       '--val-split', 'all', '--size', '64x64', '--batch-size', '2', '--epochs', '1',
+                       '--threads', '1', '--workers', '0', '--no-progress', '--output', str(out)]) == 0
+    model, meta = load_checkpoint(out / 'last.safetensors')
+    assert meta.num_classes == 31 and meta.class_names == list(CAMVID31.class_names)
+    assert 'Void' not in meta.class_names
+    assert model(torch.zeros(1, 3, 64, 64)).shape[1] == 31
 
 
 def test_missing_data_root_exits_2_with_one_line(tmp_path: Path, capsys):
