@@ -41,6 +41,8 @@ SOURCES = ('synthetic', 'video', 'folder', 'rosbag')
 SYNTHETIC_DEFAULT_SIZE = (480, 640)  # (H, W)
 HORIZONTAL_FOV_DEG = 70.0  # a typical automotive / robot camera
 NO_CLOCK_WARNING_S = 3.0
+#: 4:2:2 encodings carry pixels in pairs (two lumas share one chroma pair): the width must be even.
+PIXEL_PAIR_ENCODINGS = frozenset({'yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv'})
 
 
 class SourceError(Exception):
@@ -353,6 +355,11 @@ class ImageSource(Node):
         if self.encoding not in SUPPORTED_ENCODINGS:
             raise SourceError(f"encoding '{self.encoding}': unsupported (choose one of "
                               f"{', '.join(SUPPORTED_ENCODINGS)})")
+        self._pixel_pairs = self.encoding in PIXEL_PAIR_ENCODINGS
+        if self._pixel_pairs and self.width % 2:
+            raise SourceError(f'width {self.width} is odd, but {self.encoding} carries pixels in pairs; '
+                              'choose an even width (or 0: an even width is then derived)')
+        self._evened_width = False
         if reliability not in ('reliable', 'best_effort'):
             raise SourceError(f"qos_reliability '{reliability}': choose reliable or best_effort")
         if self.width < 0 or self.height < 0 or self.num_frames < 0:
@@ -409,6 +416,17 @@ class ImageSource(Node):
             frame = self.reader.read()
         return frame
 
+    def _frame_size(self, frame: np.ndarray) -> tuple[int, int]:
+        """(width, height) to send a frame at; a derived odd width becomes even for 4:2:2 encodings."""
+        width, height = output_size(self.width, self.height, frame.shape[1], frame.shape[0])
+        if self._pixel_pairs and width % 2:
+            width = width - 1 if width > 1 else 2
+            if not self._evened_width:
+                self._evened_width = True
+                self.get_logger().info(f'{self.encoding} needs an even width: frames are sent '
+                                       f'{width}x{height}')
+        return width, height
+
     def _tick(self) -> None:
         if self.done or not self._subscribers_ready():
             return
@@ -417,7 +435,7 @@ class ImageSource(Node):
             self.get_logger().info(f'{self.source_name} source ended after {self.published} frames')
             self.done = True
             return
-        frame = resize_rgb(frame, self.width, self.height)
+        frame = resize_rgb(frame, *self._frame_size(frame))
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
         image = rgb_to_image(frame, self.encoding, header)
         h, w = frame.shape[:2]
