@@ -254,6 +254,11 @@ class Engine:
         """Run with ``threads`` CPU threads (None: the engine's default, one per core)."""
         self.threads = threads
 
+    @property
+    def runtime_threads(self) -> int | None:
+        """The thread count the engine library itself reports (0: its default); None if it has none."""
+        return None
+
     def __repr__(self) -> str:
         return f'{type(self).__name__}({self.label}, threads {self.threads or "default"})'
 
@@ -293,6 +298,10 @@ class OnnxRuntimeEngine(Engine):
         self._session = ort.InferenceSession(self._onnx, options, providers=['CPUExecutionProvider'])
         self._input = self._session.get_inputs()[0].name
         self.threads = threads
+
+    @property
+    def runtime_threads(self) -> int | None:
+        return int(self._session.get_session_options().intra_op_num_threads)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         import torch
@@ -363,6 +372,10 @@ class OpenVINOEngine(Engine):
     def set_num_threads(self, threads: int | None) -> None:
         if threads != self.threads:
             self._use(self._import(threads), threads)
+
+    @property
+    def runtime_threads(self) -> int | None:
+        return int(self._compiled.get_property('INFERENCE_NUM_THREADS'))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         import torch
