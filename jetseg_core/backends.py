@@ -28,6 +28,7 @@ import importlib
 import logging
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +65,11 @@ class BackendUnavailable(ValueError):
 
 def _import(name: str) -> Any:
     """The engine's Python module, or BackendUnavailable saying how to install it."""
+    if name == 'openvino':
+        # `import openvino` loads its model converter, whose telemetry (on unless opted out) writes
+        # ~/intel/openvino_ga_cid and sends usage events; the runtime needs none of it. A None entry
+        # makes that import fail, and OpenVINO falls back to its own no-op stub.
+        sys.modules.setdefault('openvino_telemetry', None)
     try:
         return importlib.import_module(name)
     except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install's OSError/RuntimeError

@@ -224,6 +224,16 @@ def _stamp_ns(header: Header) -> int:
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
+def camera_info_image_size(info: CameraInfo) -> tuple[int, int] | None:
+    """(H, W) of the images ``info`` describes: its ROI (the whole sensor when empty), binned;
+    None for an uncalibrated camera (size 0)."""
+    if not info.width or not info.height:
+        return None
+    roi = info.roi
+    h, w = (roi.height, roi.width) if roi.width and roi.height else (info.height, info.width)
+    return h // max(info.binning_y, 1), w // max(info.binning_x, 1)
+
+
 def scale_camera_info(info: CameraInfo, header: Header, size: tuple[int, int] | None) -> CameraInfo:
     """``info`` re-stamped with ``header``; when the outputs are ``size`` (H, W), the calibration of
     a camera whose whole image is the output.
@@ -579,7 +589,14 @@ class SegmentationNode(Node):
                 self._overlay_pub.publish(rgb8_image(blend(base, color, s['overlay_alpha']), header))
         info = self._camera_info
         if info is not None and self._info_pub.get_subscription_count() > 0:
-            self._info_pub.publish(scale_camera_info(info, header, labels.shape if out_size else None))
+            described = camera_info_image_size(info)
+            if described is not None and described != rgb.shape[:2]:
+                # A stale or wrong calibration, restamped as if it fitted, would mislead every consumer.
+                self._log_throttled_warning(
+                    f'camera_info describes {described[1]}x{described[0]} images but they are '
+                    f'{rgb.shape[1]}x{rgb.shape[0]}: ~/camera_info is not published until they agree')
+            else:
+                self._info_pub.publish(scale_camera_info(info, header, labels.shape if out_size else None))
         render_ms = (time.perf_counter() - t1) * 1000.0
 
         publish_ns = self.get_clock().now().nanoseconds
