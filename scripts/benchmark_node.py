@@ -98,6 +98,31 @@ def tree_usage(pid: int) -> tuple[float, float]:
     return rss / 2**20, cpu
 
 
+def start_node_and_camera(recorder: Recorder, work: Path, domain: int, node_cmd: list[str], params_file: Path,
+                          camera: tuple[int, int, float], children: list[Child], who: str,
+                          profile: str) -> Child:
+    """Start the node, wait for its class legend, start a synthetic ``camera`` (width, height, Hz)
+    and wait for the first output. Each child goes into ``children`` as it starts, so the caller
+    stops them whatever happens; returns the node. Shared with scripts/soak.py."""
+    node = Child.start('segmentation_node', node_cmd, ros_env(domain), work)
+    children.append(node)
+    print(f'{who}: loading the {profile} node (logs in {work}) ...', flush=True)
+    deadline = time.monotonic() + 180
+    while recorder.class_info is None:
+        if not node.running or time.monotonic() > deadline:
+            raise DemoError(f'the node did not start:\n{node.tail()}')
+        time.sleep(0.2)
+    width, height, rate = camera
+    children.append(Child.start('image_source', source_command(params_file, {
+        'source': 'synthetic', 'width': width, 'height': height, 'rate': rate,
+        'wait_for_subscribers': 1}), ros_env(domain), work))
+    while recorder.latency.last is None:
+        if not all(c.running for c in children) or time.monotonic() > deadline:
+            raise DemoError('no output from the node:\n' + '\n'.join(c.tail() for c in children))
+        time.sleep(0.2)
+    return node
+
+
 def measure(args: argparse.Namespace) -> dict:
     params_file = config_file(args.profile)
     yaml_threads = 0 if args.no_params_file else int(yaml_parameters(params_file).get('num_threads', 0))
@@ -122,21 +147,9 @@ def measure(args: argparse.Namespace) -> dict:
         if args.no_params_file:
             at = cmd.index('--params-file')
             del cmd[at:at + 2]
-        node = Child.start('segmentation_node', cmd, ros_env(domain), work)
-        children.append(node)
-        print(f'benchmark: loading the {args.profile} node (logs in {work}) ...', flush=True)
-        deadline = time.monotonic() + 180
-        while recorder.class_info is None:
-            if not node.running or time.monotonic() > deadline:
-                raise DemoError(f'the node did not start:\n{node.tail()}')
-            time.sleep(0.2)
-        children.append(Child.start('image_source', source_command(params_file, {
-            'source': 'synthetic', 'width': args.width, 'height': args.height, 'rate': args.rate,
-            'wait_for_subscribers': 1}), ros_env(domain), work))
-        while recorder.latency.last is None:
-            if not all(c.running for c in children) or time.monotonic() > deadline:
-                raise DemoError('no output from the node:\n' + '\n'.join(c.tail() for c in children))
-            time.sleep(0.2)
+        node = start_node_and_camera(recorder, work, domain, cmd, params_file,
+                                     (args.width, args.height, args.rate), children, 'benchmark',
+                                     args.profile)
         # What the node runs with, from its start-up line: 'threads 1 (nano default), precision fp32 (auto)'.
         ready = re.search(r'threads (\d+) \(([^)]*)\), precision (\S+) \(([^)]*)\)',
                           node.log_path.read_text(errors='replace'))
