@@ -20,8 +20,10 @@ Variants:
 
 Backends (``--backend torch,openvino,onnxruntime``; see jetseg_core.backends): the Segmenter with
 each backend, side by side with the same preprocessing and class decision; on their own unless
-``--variants`` is given too. The header gives the network's params and GMACs; every row its
-median and p90, and the share of pixels whose labels equal the torch backend's.
+``--variants`` is given too. ``openvino+rewrites`` gives an engine the graph with the CPU rewrites
+(dense 1x1 convs, no shuffles, undilated) instead of the plain folded one. The header gives the
+network's params and GMACs; every row its median and p90, and the share of pixels whose labels
+equal the torch backend's.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from jetseg_core.malloc import tune_malloc
 from jetseg_core.profiles import resolve_thread_setting
 
 VARIANTS = ('eager', 'unfolded', 'folded', 'rewritten', 'graph')
+REWRITTEN = '+rewrites'  # an engine given the CPU-rewritten graph (dense 1x1s, no shuffles, undilated)
 
 
 def _variant_list(text: str) -> list[str]:
@@ -56,10 +59,13 @@ def _variant_list(text: str) -> list[str]:
 
 
 def _backend_list(text: str) -> list[str]:
+    """'torch,openvino,openvino+rewrites' -> names; '+rewrites' gives an engine the rewritten graph."""
     names = [v.strip().lower() for v in text.split(',') if v.strip()]
-    bad = [n for n in names if n not in BACKENDS]
+    bad = [n for n in names if n.removesuffix(REWRITTEN) not in BACKENDS
+           or (n.endswith(REWRITTEN) and n.removesuffix(REWRITTEN) in ('torch', 'auto'))]
     if bad or not names or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"bad backend list {text!r} (each once, from {', '.join(BACKENDS)})")
+        raise argparse.ArgumentTypeError(f"bad backend list {text!r} (each once, from {', '.join(BACKENDS)}; "
+                                         f"an engine may take '{REWRITTEN}')")
     return names
 
 
@@ -126,7 +132,8 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
             segmenters[name] = seg
             runners[name] = lambda rgb, seg=seg: seg.segment(rgb).labels
     for name in backends:
-        seg = Segmenter(model, meta, device=device, backend=name,
+        seg = Segmenter(model, meta, device=device, backend=name.removesuffix(REWRITTEN),
+                        cpu_rewrites=True if name.endswith(REWRITTEN) else None,
                         log=lambda line: print(f'jetseg-benchmark: {line}', file=sys.stderr))
         segmenters[name] = seg
         runners[name] = lambda rgb, seg=seg: seg.segment(rgb).labels
@@ -180,7 +187,7 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
             reference = torch_path.segment(frame).labels
     agree = {name: float((fn(frame) == reference).mean()) for name, fn in runners.items()}
 
-    print(f'{"threads":>7}  {"variant":<11} {"p50 ms":>8} {"p90 ms":>8} {"FPS":>7} {"pre p50":>8} '
+    print(f'{"threads":>7}  {"variant":<20} {"p50 ms":>8} {"p90 ms":>8} {"FPS":>7} {"pre p50":>8} '
           f'{"net p50":>8} {"post p50":>8} {"vs " + variants[0][:6]:>9}  {"=torch":>7}', file=out)
     for t in threads:
         base = float(np.median(times[(t, variants[0])]))
@@ -191,7 +198,7 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
                 stages = ' '.join(f'{m:8.2f}' for m in np.median(np.asarray(stage_ms[(t, name)]), axis=0))
             else:
                 stages = ' '.join([f'{"-":>8}'] * 3)
-            print(f'{t:>7}  {name:<11} {p50:8.1f} {_percentile(v, 90):8.1f} {1000.0 / p50:7.1f} {stages} '
+            print(f'{t:>7}  {name:<20} {p50:8.1f} {_percentile(v, 90):8.1f} {1000.0 / p50:7.1f} {stages} '
                   f'{base / p50:8.2f}x  {agree[name]:7.2%}', file=out)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(f'peak RSS {rss_mb:.0f} MiB; ratio = {variants[0]} median / variant median (higher is faster); '

@@ -39,7 +39,13 @@ import torch.nn.functional as F
 
 from jetseg_core.backends import BACKENDS, Engine, create_engine, resolve_backend
 from jetseg_core.checkpoint import CheckpointMeta, resolve_checkpoint
-from jetseg_core.fuse import fold_batchnorm, rewrite_for_cpu
+from jetseg_core.fuse import (
+    densify_grouped_pointwise,
+    fold_batchnorm,
+    fold_channel_shuffle,
+    rewrite_for_cpu,
+    undilate_horizontal_depthwise,
+)
 from jetseg_core.profiles import DEFAULT_PRECISION, apply_thread_setting
 
 __all__ = ['BACKENDS', 'DEVICES', 'PRECISIONS', 'Segmentation', 'Segmenter', 'nearest_resize',
@@ -258,7 +264,9 @@ class Segmenter:
     else (preprocessing, class decision, outputs) is the same code for every backend. An engine is
     built on first use and cached (``~/.cache/jetseg``); ``log`` gets a line when one is built.
     A backend that cannot run here raises :class:`~jetseg_core.backends.BackendUnavailable`
-    (a ValueError). ``backend`` (the property) names what runs, e.g. 'openvino-fp32'.
+    (a ValueError). ``backend`` (the property) names what runs, e.g. 'openvino-fp32'. Engines get the
+    plain folded network; ``cpu_rewrites=True`` gives them the rewritten one instead (dense 1x1s, no
+    shuffles, undilated; not exp2, which ONNX lacks), for benchmarks to compare.
     """
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, device: str = 'auto',
@@ -277,7 +285,7 @@ class Segmenter:
         # Engines read a plain N x 3 x H x W float32 input.
         self.channels_last = not engine if channels_last is None else bool(channels_last)
         self.torchscript = on_cpu if torchscript is None else bool(torchscript) and not engine
-        self.cpu_rewrites = on_cpu if cpu_rewrites is None else bool(cpu_rewrites) and not engine
+        self.cpu_rewrites = on_cpu if cpu_rewrites is None else bool(cpu_rewrites)
         self.meta = copy.deepcopy(meta)  # input buffers follow its input_size: keep a private copy
         self.fold_bn = bool(fold_bn)
         self._dtype = torch.float16 if self.precision == 'fp16' and not engine else torch.float32
@@ -285,11 +293,14 @@ class Segmenter:
 
         # Every rewrite works on a copy: the caller's model is left alone.
         net = fold_batchnorm(model) if fold_bn else copy.deepcopy(model)
-        if self.cpu_rewrites:
+        if self.cpu_rewrites and engine:
+            for rewrite in (densify_grouped_pointwise, fold_channel_shuffle, undilate_horizontal_depthwise):
+                rewrite(net)
+        elif self.cpu_rewrites:
             rewrite_for_cpu(net)
         net.eval().requires_grad_(False)
         self._engine: Engine | None = None
-        if engine:  # built from the plain folded network, on the CPU
+        if engine:  # built from the folded network, on the CPU
             net = net.float().cpu()
             self._engine = create_engine(self.backend_name, net, self.input_size, device=str(self._device),
                                          precision=self.precision, num_threads=self.threads.count, log=log)
@@ -352,7 +363,7 @@ class Segmenter:
     def backend(self) -> str:
         """What runs the network: the engine ('openvino-fp32', 'tensorrt-fp16', ...) or torch's variant."""
         if self._engine is not None:
-            return self._engine.label
+            return self._engine.label + ('-cpurewrites' if self.cpu_rewrites else '')
         parts = ['torchscript' if self.torchscript else 'torch', self.precision]
         parts += ['bnfolded'] if self.fold_bn else []
         parts += ['cpurewrites'] if self.cpu_rewrites else []

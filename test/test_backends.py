@@ -95,6 +95,17 @@ def test_each_installed_engine_labels_like_torch_through_the_segmenter(tiny, tor
 
 
 @pytest.mark.parametrize('name', INSTALLED_CPU_ENGINES)
+def test_engines_run_the_cpu_rewritten_graph_too(tiny, torch_segmenter, name):
+    seg = Segmenter(*tiny, device='cpu', backend=name, cpu_rewrites=True)
+    assert seg.backend == f'{name}-fp32-cpurewrites'
+    assert not any(m.groups > 1 and m.kernel_size == (1, 1) for m in seg.model.modules()
+                   if isinstance(m, torch.nn.Conv2d))  # what was exported: dense 1x1 convs
+    for seed, size in enumerate(FRAME_SIZES):
+        rgb = generate_scene(seed + 20, size)[0]
+        assert _agreement(seg.segment(rgb).labels, torch_segmenter.segment(rgb).labels) >= 0.999
+
+
+@pytest.mark.parametrize('name', INSTALLED_CPU_ENGINES)
 def test_engine_returns_the_coarse_logits_in_channels_last_memory(tiny, name):
     model, meta = tiny
     net = fold_batchnorm(model)
@@ -295,17 +306,18 @@ def test_eval_scores_an_engine_like_torch(tiny_checkpoint, tmp_path, name):
 
 def test_benchmark_puts_backends_side_by_side(tiny_checkpoint, capsys):
     installed = [n for n in CPU_ENGINES if backend_available(n)]
+    rewritten = [f'{n}+rewrites' for n in installed[:1]]
     before = torch.get_num_threads()
     try:
         code = benchmark_main(['--checkpoint', str(tiny_checkpoint), '--iterations', '2', '--warmup', '0',
-                               '--threads', '1', '--backend', ','.join(['torch', *installed])])
+                               '--threads', '1', '--backend', ','.join(['torch', *installed, *rewritten])])
     finally:
         torch.set_num_threads(before)
     out = capsys.readouterr().out
     assert code == 0, out
     assert ' params, ' in out and ' GMACs at 96x128' in out and 'p90 ms' in out
     rows = {line.split()[1]: line.split() for line in out.splitlines() if line.startswith('      1  ')}
-    assert sorted(rows) == sorted(['torch', *installed])  # backends alone: no torch variants
+    assert sorted(rows) == sorted(['torch', *installed, *rewritten])  # backends alone: no torch variants
     for row in rows.values():
         assert float(row[-1].rstrip('%')) >= 99.9  # labels equal to torch's
 
