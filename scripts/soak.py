@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""Soak test of the segmentation node: hours of robot use compressed into one long steady run.
+
+Runs the nano node (config/nano.yaml) fed by a synthetic 640x480 camera at 30 Hz for N minutes
+(default 30), with a subscriber on every output (labels, colour mask, overlay, camera_info,
+latency, class legend, /diagnostics), and every 10 s records the node's resident memory, open file
+descriptors, threads, latency p50/p95 over those 10 s, output rate, drops and the exceptions in its
+log. Writes soak.csv, soak.md (targets and the table) and soak.png (RSS and p95 over time) and
+checks the targets, printing PASS/FAIL for each:
+
+- RSS growth after the first minute < 10 MB;
+- latency p95 over the last 5 minutes within 10 % of the first 5 (halves of the run if shorter);
+- no exception or error line in the node's log;
+- open file descriptors and threads constant after the first minute.
+
+Exit status 0 when every target passes. Node start-up and camera code are scripts/benchmark_node.py's.
+
+    python scripts/soak.py --minutes 30 --out soak_results
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmark_node import start_node_and_camera, tree_usage  # noqa: E402
+
+from jetseg_core.malloc import tune_malloc  # noqa: E402
+from jetseg_ros.demo import (  # noqa: E402
+    NODE_NAME,
+    Child,
+    DemoError,
+    Recorder,
+    config_file,
+    frame_size,
+    node_command,
+    use_transport_env,
+)
+
+RSS_GROWTH_LIMIT_MB = 10.0
+P95_DRIFT_LIMIT = 0.10
+WINDOW_MAX_S = 300.0
+SETTLE_S = 60.0  # 'after the first minute'
+ERROR_MARKERS = ('Traceback', '[ERROR]', 'Exception', 'processing failed')
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--minutes', type=float, default=30.0, help='duration of the soak (default 30)')
+    parser.add_argument('--rate', type=float, default=30.0, help='camera rate in Hz (default 30)')
+    parser.add_argument('--size', default='640x480', help='camera WxH (default 640x480)')
+    parser.add_argument('--checkpoint', default='', help="'' = shipped nano weights, 'untrained', or a path")
+    parser.add_argument('--sample-every', type=float, default=10.0,
+                        help='seconds between samples (default 10)')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='folder for soak.csv, soak.md, soak.png and the logs (default: a new temp one)')
+    args = parser.parse_args(argv)
+    try:
+        args.width, args.height = frame_size(args.size)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.minutes <= 0 or args.rate <= 0 or args.sample_every <= 0:
+        parser.error('--minutes, --rate and --sample-every must be positive')
+    return args
+
+
+@dataclass
+class Sample:
+    t_s: float
+    rss_mb: float
+    fds: int
+    threads: int
+    p50_ms: float
+    p95_ms: float
+    output_hz: float
+    frames_in: int
+    frames_processed: int
+    frames_dropped: int
+    frames_rejected: int
+    labels: int
+    color_mask: int
+    overlay: int
+    camera_info: int
+    diagnostics: int
+    log_errors: int
+
+
+def tree_handles(pid: int) -> tuple[int, int]:
+    """(open file descriptors, threads) of a process and its children."""
+    import psutil
+    fds = threads = 0
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return -1, -1
+    for p in procs:
+        try:
+            fds += p.num_fds()
+            threads += p.num_threads()
+        except psutil.NoSuchProcess:
+            pass
+    return fds, threads
+
+
+def log_errors(path: Path) -> list[str]:
+    text = path.read_text(errors='replace') if path.exists() else ''
+    return [line for line in text.splitlines() if any(m in line for m in ERROR_MARKERS)]
+
+
+class OutputCounter:
+    """Subscribes to every output of the node (what a robot's consumers would) and counts messages."""
+
+    def __init__(self, recorder: Recorder) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import QoSProfile, QoSReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, Image
+
+        self.counts = {'labels': 0, 'color_mask': 0, 'overlay': 0, 'camera_info': 0, 'diagnostics': 0}
+        qos = QoSProfile(depth=2, reliability=QoSReliabilityPolicy.RELIABLE)
+        for name, msg_type in (('labels', Image), ('color_mask', Image), ('overlay', Image),
+                               ('camera_info', CameraInfo)):
+            recorder.node.create_subscription(msg_type, f'/{NODE_NAME}/{name}', self._counter(name), qos)
+        recorder.node.create_subscription(DiagnosticArray, '/diagnostics', self._counter('diagnostics'), 10)
+
+    def _counter(self, name: str):
+        def count(_msg: object) -> None:
+            self.counts[name] += 1
+        return count
+
+
+def run(args: argparse.Namespace, out: Path) -> tuple[list[Sample], dict[str, list[float]], list[str]]:
+    """Run the soak; returns the samples, every latency report (arrival s, total ms) and the log's errors."""
+    params_file = config_file('nano')
+    domain = random.Random(os.getpid() ^ time.time_ns()).randint(120, 220)
+    use_transport_env(os.environ)
+    recorder = Recorder(domain, out, frames=1, save_every=1, with_images=False)
+    counter = OutputCounter(recorder)
+    children: list[Child] = []
+    samples: list[Sample] = []
+    try:
+        cmd = node_command(params_file, {'profile': 'nano', 'checkpoint': args.checkpoint})
+        node = start_node_and_camera(recorder, out, domain, cmd, params_file,
+                                     (args.width, args.height, args.rate), children, 'soak', 'nano')
+        duration = args.minutes * 60.0
+        print(f'soak: {args.minutes:g} min at {args.rate:g} Hz {args.width}x{args.height}, a sample every '
+              f'{args.sample_every:g} s (results in {out}) ...', flush=True)
+        started = time.monotonic()
+        lat = recorder.latency
+        seen = len(lat.total)
+        prev_counts = dict(counter.counts)
+        next_sample = started + args.sample_every
+        while True:
+            now = time.monotonic()
+            if not all(c.running for c in children):
+                raise DemoError('a process exited mid-soak:\n' + '\n'.join(c.tail() for c in children))
+            if now < next_sample:
+                time.sleep(min(0.5, next_sample - now))
+                continue
+            rss = tree_usage(node.proc.pid)[0]
+            fds, threads = tree_handles(node.proc.pid)
+            n = len(lat.total)
+            window = lat.total[seen:n]
+            seen = n
+            last = lat.last
+            counts = dict(counter.counts)
+            delta = {k: counts[k] - prev_counts[k] for k in counts}
+            prev_counts = counts
+            p50, p95 = (np.percentile(window, [50, 95]).tolist() if window else (math.nan, math.nan))
+            sample = Sample(
+                t_s=round(now - started, 1), rss_mb=round(rss, 2), fds=fds, threads=threads,
+                p50_ms=round(p50, 2), p95_ms=round(p95, 2),
+                output_hz=round(len(window) / args.sample_every, 2),
+                frames_in=int(last.frames_in), frames_processed=int(last.frames_processed),
+                frames_dropped=int(last.frames_dropped), frames_rejected=int(last.frames_rejected),
+                log_errors=len(log_errors(node.log_path)), **delta)
+            samples.append(sample)
+            print(f'  {sample.t_s:7.1f} s  RSS {sample.rss_mb:7.1f} MB  fds {fds:3d}  threads {threads:3d}  '
+                  f'p50 {sample.p50_ms:6.1f}  p95 {sample.p95_ms:6.1f} ms  {sample.output_hz:5.1f} Hz  '
+                  f'dropped {sample.frames_dropped}  log errors {sample.log_errors}', flush=True)
+            next_sample += args.sample_every
+            if now - started >= duration - 1e-6:
+                break
+        arrivals = [t - started for t in lat.arrivals[:len(lat.total)]]
+        return samples, {'t': arrivals, 'total': list(lat.total[:len(arrivals)])}, log_errors(node.log_path)
+    finally:
+        for child in reversed(children):
+            child.stop()
+        recorder.close()
+
+
+@dataclass
+class Verdict:
+    target: str
+    value: str
+    passed: bool
+
+
+def check_targets(samples: list[Sample], latency: dict[str, list[float]], errors: list[str],
+                  duration_s: float) -> list[Verdict]:
+    """The four soak targets against the recorded figures."""
+    settled = [s for s in samples if s.t_s >= SETTLE_S - 1e-6] or samples[-1:]
+    growth = samples[-1].rss_mb - settled[0].rss_mb
+    window = min(WINDOW_MAX_S, duration_s / 2)
+    t = np.asarray(latency['t'])
+    total = np.asarray(latency['total'])
+    first = total[(t >= 0) & (t < window)]
+    last = total[t >= t.max() - window] if t.size else total
+    p95_first = float(np.percentile(first, 95)) if first.size else math.nan
+    p95_last = float(np.percentile(last, 95)) if last.size else math.nan
+    drift = (p95_last - p95_first) / p95_first if p95_first > 0 else math.nan
+    fds = {s.fds for s in settled}
+    threads = {s.threads for s in settled}
+    w = f'{window / 60:g} min'
+    return [
+        Verdict(f'RSS growth after the first minute < {RSS_GROWTH_LIMIT_MB:g} MB',
+                f'{growth:+.1f} MB ({settled[0].rss_mb:.1f} -> {samples[-1].rss_mb:.1f})',
+                growth < RSS_GROWTH_LIMIT_MB),
+        Verdict(f'p95 of the last {w} within {P95_DRIFT_LIMIT:.0%} of the first {w}',
+                f'{p95_first:.1f} -> {p95_last:.1f} ms ({drift:+.1%})',
+                math.isfinite(drift) and abs(drift) <= P95_DRIFT_LIMIT),
+        Verdict('no exception or error in the node log', f'{len(errors)} lines', not errors),
+        Verdict('file descriptors constant after the first minute',
+                f'{min(fds)}..{max(fds)}', len(fds) == 1),
+        Verdict('threads constant after the first minute',
+                f'{min(threads)}..{max(threads)}', len(threads) == 1),
+    ]
+
+
+def write_results(out: Path, args: argparse.Namespace, samples: list[Sample], verdicts: list[Verdict],
+                  errors: list[str]) -> None:
+    fields = list(asdict(samples[0]))
+    with (out / 'soak.csv').open('w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(asdict(s) for s in samples)
+    lines = [f'# Node soak: nano, {args.width}x{args.height} at {args.rate:g} Hz, {args.minutes:g} min', '',
+             '| target | measured | result |', '|---|---|---|']
+    lines += [f'| {v.target} | {v.value} | {"PASS" if v.passed else "FAIL"} |' for v in verdicts]
+    last = samples[-1]
+    lines += ['', f'Frames in {last.frames_in}, processed {last.frames_processed}, '
+              f'dropped {last.frames_dropped}, rejected {last.frames_rejected}.', '',
+              '| t (s) | RSS (MB) | fds | threads | p50 (ms) | p95 (ms) | output (Hz) | dropped '
+              '| log errors |',
+              '|---|---|---|---|---|---|---|---|---|']
+    lines += [f'| {s.t_s:.0f} | {s.rss_mb:.1f} | {s.fds} | {s.threads} | {s.p50_ms:.1f} | {s.p95_ms:.1f} | '
+              f'{s.output_hz:.1f} | {s.frames_dropped} | {s.log_errors} |' for s in samples]
+    if errors:
+        lines += ['', 'Node log errors:', ''] + [f'    {e}' for e in errors[:20]]
+    (out / 'soak.md').write_text('\n'.join(lines) + '\n')
+    plot(out / 'soak.png', samples, args)
+
+
+def plot(path: Path, samples: list[Sample], args: argparse.Namespace) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    minutes = [s.t_s / 60 for s in samples]
+    fig, (ax_rss, ax_p95) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    ax_rss.plot(minutes, [s.rss_mb for s in samples], color='tab:blue')
+    ax_rss.set_ylabel('node RSS (MB)')
+    ax_rss.grid(alpha=0.3)
+    ax_p95.plot(minutes, [s.p95_ms for s in samples], color='tab:red', label='p95')
+    ax_p95.plot(minutes, [s.p50_ms for s in samples], color='tab:gray', label='p50')
+    ax_p95.set_ylabel('end-to-end latency (ms)')
+    ax_p95.set_xlabel('minutes')
+    ax_p95.legend(loc='upper right')
+    ax_p95.grid(alpha=0.3)
+    fig.suptitle(f'jetseg nano node soak: {args.width}x{args.height} at {args.rate:g} Hz, '
+                 f'sampled every {args.sample_every:g} s')
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tune_malloc()
+    out = args.out or Path(tempfile.mkdtemp(prefix='jetseg_soak_'))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        samples, latency, errors = run(args, out)
+    except DemoError as err:
+        print(f'soak: error: {err}', file=sys.stderr)
+        return 1
+    if not samples:
+        print('soak: error: no sample was taken', file=sys.stderr)
+        return 1
+    verdicts = check_targets(samples, latency, errors, args.minutes * 60.0)
+    write_results(out, args, samples, verdicts, errors)
+    print()
+    for v in verdicts:
+        print(f"{'PASS' if v.passed else 'FAIL'}  {v.target}: {v.value}")
+    print(f'results: {out}/soak.csv, soak.md, soak.png')
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
