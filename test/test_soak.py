@@ -1,0 +1,80 @@
+"""scripts/soak.py's verdicts and outputs, on recorded figures (the soak itself takes minutes)."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from argparse import Namespace
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / 'scripts' / 'soak.py'
+
+
+@pytest.fixture(scope='module')
+def soak():
+    spec = importlib.util.spec_from_file_location('soak_script', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules['soak_script'] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _samples(soak, minutes: float = 12, rss_growth: float = 0.0, fds_jump: int = 0):
+    n = int(minutes * 6)
+    out = []
+    for i in range(1, n + 1):
+        t = i * 10.0
+        out.append(soak.Sample(
+            t_s=t, rss_mb=400 + rss_growth * i / n, fds=23 + (fds_jump if i == n else 0), threads=23,
+            p50_ms=50, p95_ms=80, output_hz=30, frames_in=30 * i * 10, frames_processed=28 * i * 10,
+            frames_dropped=2 * i * 10, frames_rejected=0, labels=300, color_mask=300, overlay=300,
+            camera_info=300, diagnostics=10, log_errors=0))
+    return out
+
+
+def _latency(minutes: float, slower_last: float = 1.0):
+    t = np.arange(0, minutes * 60, 1 / 30)
+    total = 50 + 30 * (np.arange(t.size) % 20 == 0)  # p95 = 80 ms
+    total = np.where(t >= t.max() - min(300, minutes * 30), total * slower_last, total)
+    return {'t': t.tolist(), 'total': total.tolist()}
+
+
+def _verdicts(soak, **kw):
+    samples = _samples(soak, **{k: v for k, v in kw.items() if k in ('rss_growth', 'fds_jump')})
+    latency = _latency(12, kw.get('slower_last', 1.0))
+    return {v.target.split(' ')[0]: v.passed
+            for v in soak.check_targets(samples, latency, kw.get('errors', []), 12 * 60)}
+
+
+def test_steady_run_passes_every_target(soak):
+    assert all(_verdicts(soak).values())
+
+
+@pytest.mark.parametrize(('kw', 'failing'), [
+    ({'rss_growth': 15.0}, 'RSS'),
+    ({'slower_last': 1.2}, 'p95'),
+    ({'errors': ['[ERROR] [jetseg]: processing failed: RuntimeError']}, 'no'),
+    ({'fds_jump': 1}, 'file'),
+])
+def test_each_target_fails_when_its_figure_drifts(soak, kw, failing):
+    verdicts = _verdicts(soak, **kw)
+    assert not verdicts.pop(failing)
+    assert all(verdicts.values())
+
+
+def test_results_are_written_as_csv_markdown_and_png(soak, tmp_path):
+    samples = _samples(soak, minutes=2)
+    samples[-1] = replace(samples[-1], p95_ms=90.0)
+    verdicts = soak.check_targets(samples, _latency(2), [], 120)
+    args = Namespace(width=640, height=480, rate=30.0, minutes=2.0, sample_every=10.0)
+    soak.write_results(tmp_path, args, samples, verdicts, [])
+    rows = list(csv.DictReader((tmp_path / 'soak.csv').open()))
+    assert len(rows) == 12 and float(rows[-1]['p95_ms']) == 90.0
+    text = (tmp_path / 'soak.md').read_text()
+    assert '| RSS growth after the first minute < 10 MB |' in text and 'PASS' in text
+    assert '| 10 | 400.0 | 23 | 23 |' in text and '| 120 | 400.0 |' in text  # the per-sample table
+    assert (tmp_path / 'soak.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
