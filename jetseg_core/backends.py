@@ -409,6 +409,9 @@ class TensorRTEngine(Engine):
 
         super().__init__(precision)
         trt = _import('tensorrt')
+        if not hasattr(trt.ICudaEngine, 'num_io_tensors'):  # the named-tensor API came with 8.5
+            raise BackendUnavailable(f'TensorRT {trt.__version__} is too old for backend \'tensorrt\' '
+                                     '(needs 8.5 or later: JetPack 5 or 6); use backend \'torch\'')
         self._trt = trt
         self._device = torch.device(device)
         gpu = torch.cuda.get_device_name(self._device)
@@ -456,7 +459,9 @@ class TensorRTEngine(Engine):
         config = builder.create_builder_config()
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 30)
         if self.precision == 'fp16':
-            config.set_flag(trt.BuilderFlag.FP16)
+            fp16 = getattr(trt.BuilderFlag, 'FP16', None)  # deprecated in recent TensorRT, still honoured
+            if fp16 is not None:
+                config.set_flag(fp16)
         shape = (1, 3, *size)
         profile = builder.create_optimization_profile()
         profile.set_shape(network.get_input(0).name, shape, shape, shape)

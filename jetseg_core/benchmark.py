@@ -138,7 +138,9 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
         segmenters[name] = seg
         runners[name] = lambda rgb, seg=seg: seg.segment(rgb).labels
     variants = list(variants) + list(backends)
-    torch_path = segmenters.get('torch') or Segmenter(model, meta, device=device, backend='torch')
+    # The reference labels: the torch backend's (the graph variant runs the same, on CPU).
+    torch_path = (segmenters.get('torch') or segmenters.get('graph')
+                  or Segmenter(model, meta, device=device, backend='torch'))
     dev = next(iter(segmenters.values())).device if segmenters else device
     if not threads:
         threads = [resolve_thread_setting(meta.profile, dev).count]

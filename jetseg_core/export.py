@@ -273,12 +273,38 @@ def _write(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
+ENGINE_NAMES = ('openvino', 'onnxruntime', 'tensorrt')
+
+
+def _build_engine(prog: str, args: argparse.Namespace) -> int:
+    """Build (or find in the cache) the engine a Segmenter with this checkpoint and size will load."""
+    from jetseg_core.inference import Segmenter
+
+    model, meta = resolve_checkpoint(args.checkpoint, args.profile)
+    if args.size:
+        meta.input_size = tuple(args.size)
+    lines: list[str] = []
+    seg = Segmenter(model, meta, device='auto', backend=args.engine, log=lines.append)
+    engine = seg.engine
+    for line in lines:
+        print(f'{prog}: {line}', file=sys.stderr)
+    where = getattr(engine, 'cache_path', None)
+    h, w = seg.input_size
+    print(f'{seg.backend} engine for {meta.profile} at {h}x{w} '
+          + (f'ready: {where}' if where else 'ready (ONNX Runtime builds its session at each start)')
+          + ('' if lines else ' (already cached)'))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog='jetseg-export', description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--checkpoint', default='',
                         help="checkpoint file, '' for the shipped weights (default) or 'untrained'")
-    parser.add_argument('--output', required=True, help='model.onnx, model.pt (TorchScript) or model.pt2')
+    parser.add_argument('--output', help='model.onnx, model.pt (TorchScript) or model.pt2')
+    parser.add_argument('--engine', choices=ENGINE_NAMES, default=None,
+                        help='instead of a file: build the engine the Segmenter and the node will load '
+                             '(into ~/.cache/jetseg), e.g. a TensorRT engine ahead of the first start')
     parser.add_argument('--profile', default=None,
                         help="profile of the shipped weights, or the expected one of a file's (default: any)")
     parser.add_argument('--size', type=parse_size, default=None,
@@ -290,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--no-fold', action='store_true', help='keep BatchNorm layers separate')
     try:
         args = parser.parse_args(argv)
+        if (args.output is None) == (args.engine is None):
+            parser.error('give either --output FILE or --engine NAME')
+        if args.engine:
+            return _build_engine(parser.prog, args)
         suffix = Path(args.output).suffix.lower()
         if suffix not in FORMATS:
             parser.error(f"--output must end in {', '.join(FORMATS)}, got '{args.output}'")

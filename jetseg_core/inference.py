@@ -360,6 +360,11 @@ class Segmenter:
         return np.asarray(self.meta.class_colors, dtype=np.uint8).reshape(-1, 3)
 
     @property
+    def engine(self) -> Engine | None:
+        """The engine that runs the network (:mod:`jetseg_core.backends`); None with backend 'torch'."""
+        return self._engine
+
+    @property
     def backend(self) -> str:
         """What runs the network: the engine ('openvino-fp32', 'tensorrt-fp16', ...) or torch's variant."""
         if self._engine is not None:

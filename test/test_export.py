@@ -115,3 +115,19 @@ def test_export_cli_rejects_bad_options_in_one_line(tiny_checkpoint, tmp_path, c
         err = capsys.readouterr().err
         assert err.count('\n') == 1 and err.startswith('jetseg-export: error:'), err
     assert not any(tmp_path.iterdir())
+
+
+def test_engine_is_built_ahead_of_time_into_the_cache_the_segmenter_reads(tiny_checkpoint, tiny, tmp_path,
+                                                                          monkeypatch, capsys):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    args = ['--checkpoint', str(tiny_checkpoint), '--engine', 'onnxruntime']
+    assert export_main(args) == 0
+    captured = capsys.readouterr()
+    assert 'onnxruntime-fp32 engine for nano at 96x128 ready' in captured.out
+    assert 'exported the network to ONNX' in captured.err
+    assert export_main(args) == 0 and '(already cached)' in capsys.readouterr().out
+    logs: list[str] = []
+    Segmenter(*tiny, device='cpu', backend='onnxruntime', log=logs.append)
+    assert logs == []  # found what jetseg-export built
+    assert export_main(['--checkpoint', str(tiny_checkpoint)]) == 2
+    assert 'either --output FILE or --engine NAME' in capsys.readouterr().err
