@@ -179,9 +179,11 @@ def _run_onnx(data: bytes, x: np.ndarray) -> tuple[np.ndarray, str] | None:
         name = session.get_inputs()[0].name
         run, runtime = (lambda one: session.run(None, {name: one})[0]), 'ONNX Runtime'
     else:
+        from jetseg_core.backends import BackendUnavailable, _import
+
         try:
-            import openvino
-        except ImportError:
+            openvino = _import('openvino')  # without its telemetry, as the engines import it
+        except BackendUnavailable:
             return None
         core = openvino.Core()
         compiled = core.compile_model(core.read_model(data), 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})
