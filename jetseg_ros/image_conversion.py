@@ -79,16 +79,24 @@ _BAYER_TILE = {
 _NAMED_ENCODING_HINT = {'8uc1': 'mono8', '8uc3': 'bgr8', '8uc4': 'bgra8'}
 
 
+def _printable(text: str, limit: int = 64) -> str:
+    """A message field as it may appear in a one-line reason: control characters escaped (a newline
+    or a terminal escape in a camera's encoding must not forge log lines), long text cut."""
+    shown = repr(text[:limit])[1:-1]
+    return shown + '...' if len(text) > limit else shown
+
+
 def _normalise_encoding(encoding: str) -> str:
     enc = encoding.strip().lower()
     if enc not in _BYTES_PER_PIXEL:
         hint = ''
+        shown = _printable(encoding)
         if enc in _NAMED_ENCODING_HINT:
             named = _NAMED_ENCODING_HINT[enc]
-            hint = (f"; '{encoding}' gives no colour order: publish with encoding '{named}' "
+            hint = (f"; '{shown}' gives no colour order: publish with encoding '{named}' "
                     f"(cv_bridge: cv2_to_imgmsg(image, encoding='{named}')) if that is what it holds")
         raise ImageConversionError(
-            f"unsupported encoding '{encoding}' (supported: {', '.join(SUPPORTED_ENCODINGS)}){hint}")
+            f"unsupported encoding '{shown}' (supported: {', '.join(SUPPORTED_ENCODINGS)}){hint}")
     return enc
 
 
@@ -212,7 +220,8 @@ def image_to_rgb(msg: Image) -> np.ndarray:
 def _decoder_name(fmt: str) -> str:
     fmt = fmt.lower()
     if 'compresseddepth' in fmt:
-        raise ImageConversionError(f"unsupported compressed format '{fmt}' (depth images are not segmented)")
+        raise ImageConversionError(
+            f"unsupported compressed format '{_printable(fmt)}' (depth images are not segmented)")
     return fmt
 
 
@@ -226,7 +235,7 @@ def compressed_to_rgb(msg: CompressedImage) -> np.ndarray:
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
-    fmt = _decoder_name(msg.format)
+    fmt = _printable(_decoder_name(msg.format))  # only for messages from here on
     data = bytes(msg.data)
     if not data:
         raise ImageConversionError('empty compressed image')

@@ -251,7 +251,7 @@ def _check_decoded(out: Outcome, expected: np.ndarray, tolerance: int, interior_
 def _check_rejected(out: Outcome, what: str) -> None:
     assert out.rgb is None, f'{what} was decoded instead of rejected'
     assert out.error and out.error.strip(), 'rejected without a reason'
-    assert '\n' not in out.error, 'the reason is more than one line'
+    assert out.error.isprintable(), f'the reason is not one printable line: {out.error!r}'
 
 
 # ----------------------------------------------------------------------------- raw images
@@ -359,7 +359,7 @@ def compressed_cases(draw) -> tuple[CompressedImage, dict]:
     """A CompressedImage: a valid PNG (every colour type and bit depth) or JPEG, random bytes (with
     and without a JPEG/PNG signature), a damaged valid payload, or a header declaring a huge size."""
     kind = draw(st.sampled_from(['png', 'png', 'png', 'jpeg', 'jpeg', 'random', 'damaged', 'bomb']))
-    fmt = draw(st.sampled_from(_FORMATS))
+    fmt = draw(st.one_of(st.sampled_from(_FORMATS), st.text(max_size=80)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     info: dict = {'kind': kind}
     if kind in ('png', 'damaged') and draw(st.booleans()) or kind == 'png':
@@ -538,3 +538,17 @@ def test_palette_png_without_its_palette_is_refused():
     _check_rejected(out, 'a palette PNG without PLTE')
     assert 'palette' in out.error
 
+
+@pytest.mark.parametrize('text', ['rgb8\n[ERROR] [jetseg]: forged line', '\x1b[31mred', 'x' * 5000],
+                         ids=['newline', 'terminal_escape', 'five_thousand_chars'])
+def test_reasons_stay_one_printable_line_whatever_the_message_fields_hold(text):
+    # A reason goes into the node's log: a newline or a terminal escape from a camera's encoding or
+    # format field would forge or hide lines, and a megabyte field would flood it.
+    raw = Image(height=1, width=1, encoding=text, step=3)
+    raw.data = bytes(3)
+    compressed = CompressedImage(format=text + ' compressedDepth')
+    compressed.data = b'junk'
+    for convert, msg in ((image_to_rgb, raw), (compressed_to_rgb, compressed)):
+        out = run_guarded(convert, msg)
+        _check_rejected(out, repr(text[:20]))
+        assert len(out.error) < 400
