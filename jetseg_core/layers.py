@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # Dilation of the asymmetric depthwise pair for each kernel size (authors' rule, never 0).
@@ -94,6 +95,65 @@ class ChannelShuffle(nn.Module):
         return x.reshape(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+def spaced_kernel(weight: torch.Tensor, dilation: int, dim: int) -> torch.Tensor:
+    """``weight`` of a conv dilated along ``dim`` (2: height, 3: width) as an undilated kernel
+    with ``dilation - 1`` zeros between its taps: the same sums, and differentiable, so the
+    gradient reaches the compact taps."""
+    if dilation == 1:
+        return weight
+    k = weight.shape[dim]
+    taps = weight.movedim(dim, -1).unsqueeze(-1)  # ..., k, 1
+    gaps = taps.new_zeros(*taps.shape[:-1], dilation - 1)
+    spaced = torch.cat([taps, gaps], dim=-1).flatten(-2)[..., :(k - 1) * dilation + 1]
+    return spaced.movedim(-1, dim)
+
+
+def width_subgrid_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int, groups: int,
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1xK conv dilated by ``dilation`` along the width with 'same' padding, computed as an
+    undilated 1xK conv on the ``dilation`` interleaved column sub-grids of ``x``.
+
+    Column ``i * d + r`` only ever meets columns ``r (mod d)``, so each sub-grid is an ordinary
+    undilated conv; the width is zero-padded to a multiple of ``d`` (zeros, as the conv's own
+    padding) and cropped back.
+    """
+    n, c, h, w = x.shape
+    d, k = dilation, weight.shape[-1]
+    padded = -(-w // d) * d
+    if padded != w:
+        x = F.pad(x, (0, padded - w))
+    grids = x.reshape(n, c, h, padded // d, d).permute(0, 4, 1, 2, 3).reshape(n * d, c, h, padded // d)
+    y = F.conv2d(grids, weight, bias, padding=(0, (k - 1) // 2), groups=groups)
+    y = y.reshape(n, d, -1, h, padded // d).permute(0, 2, 3, 4, 1).reshape(n, -1, h, padded)
+    return y[..., :w] if padded != w else y
+
+
+class DilatedDepthwiseConv(nn.Conv2d):
+    """A depthwise Kx1 or 1xK conv dilated along its long side ('same' padding, stride 1).
+
+    The parameters and the outputs are those of ``nn.Conv2d``; only the training path on CPU
+    differs. There PyTorch's backward for dilated depthwise convs is the slow generic one, so
+    while gradients are recorded the conv runs in an exactly equal undilated form, each picked
+    by measurement (``scripts/benchmark_training.py``): along the height, a kernel with zeros
+    between the taps; along the width (where oneDNN's long 1xN kernel is slow), an undilated
+    conv over interleaved column sub-grids. Inference, tracing and export see the plain conv.
+    """
+
+    #: Switch for benchmarks and tests: False runs the plain dilated conv in training too.
+    fast_training = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.fast_training and torch.is_grad_enabled() and x.device.type == 'cpu'):
+            return super().forward(x)
+        dh, dw = self.dilation
+        if dh > 1:
+            return F.conv2d(x, spaced_kernel(self.weight, dh, 2), self.bias, padding=self.padding,
+                            groups=self.groups)
+        if dw > 1:
+            return width_subgrid_conv(x, self.weight, dw, self.groups, self.bias)
+        return super().forward(x)
+
+
 class JetConv(nn.Module):
     """The paper's JetConv: depthwise Nx1 then 1xN (dilated), square depthwise, grouped pointwise.
 
@@ -108,10 +168,10 @@ class JetConv(nn.Module):
         c = in_channels
         self.kernel = kernel
         self.dilation = d
-        self.dw_vertical = nn.Conv2d(c, c, (kernel, 1), padding=(pad, 0), dilation=(d, 1), groups=c,
-                                     bias=False)
-        self.dw_horizontal = nn.Conv2d(c, c, (1, kernel), padding=(0, pad), dilation=(1, d), groups=c,
-                                       bias=False)
+        self.dw_vertical = DilatedDepthwiseConv(c, c, (kernel, 1), padding=(pad, 0), dilation=(d, 1),
+                                                groups=c, bias=False)
+        self.dw_horizontal = DilatedDepthwiseConv(c, c, (1, kernel), padding=(0, pad), dilation=(1, d),
+                                                  groups=c, bias=False)
         self.dw_square = nn.Conv2d(c, c, square_kernel, stride, padding=square_kernel // 2, groups=c,
                                    bias=False)
         self.bn_dw = nn.BatchNorm2d(c)

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Training throughput per profile: the plain dilated depthwise convs against the training path
+of :class:`jetseg_core.layers.DilatedDepthwiseConv`, interleaved in one process.
+
+One step is what ``jetseg-train`` does per batch: forward, JetLoss+CE, backward, AdamW update, on
+random images (throughput does not depend on the pixels). Prints images/s (median over the timed
+steps) for each profile and variant, and the ratio.
+
+    python scripts/benchmark_training.py --profiles nano,agx --size 240x320 --batch-size 8 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from jetseg_core.cli import parse_size
+from jetseg_core.layers import DilatedDepthwiseConv
+from jetseg_core.loss import build_loss
+from jetseg_core.model import build_model
+
+VARIANTS = {'plain dilated': False, 'training path': True}
+
+
+def step_seconds(model, criterion, optimizer, images, labels, fast: bool) -> float:
+    DilatedDepthwiseConv.fast_training = fast
+    t0 = time.perf_counter()
+    loss = criterion(model(images), labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--profiles', default='nano,agx', help='comma-separated profiles')
+    p.add_argument('--size', type=parse_size, default=(240, 320), help='training crop HxW')
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--steps', type=int, default=6, help='timed steps per variant (after one warm-up each)')
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f'training step, batch {args.batch_size} at {args.size[0]}x{args.size[1]}, {args.threads} threads, '
+          f'median of {args.steps} steps per variant, variants alternating')
+    print('| profile | ' + ' | '.join(f'{v} (img/s)' for v in VARIANTS) + ' | speed-up |')
+    print('|---|' + '---|' * (len(VARIANTS) + 1))
+    for profile in args.profiles.split(','):
+        torch.manual_seed(0)
+        model = build_model(profile, 11).train()
+        criterion = build_loss('jetloss+ce', 11)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        images = torch.randn(args.batch_size, 3, *args.size)
+        labels = torch.randint(0, 11, (args.batch_size, *args.size))
+        times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for i in range(args.steps + 1):
+            for name, fast in VARIANTS.items():
+                t = step_seconds(model, criterion, optimizer, images, labels, fast)
+                if i:  # the first round warms up allocator and kernels
+                    times[name].append(t)
+        rates = {v: args.batch_size / statistics.median(t) for v, t in times.items()}
+        plain, fast = rates['plain dilated'], rates['training path']
+        print(f'| {profile} | {plain:.2f} | {fast:.2f} | {fast / plain:.2f}x |', flush=True)
+    DilatedDepthwiseConv.fast_training = True
+
+
+if __name__ == '__main__':
+    main()
