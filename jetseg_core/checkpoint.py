@@ -33,8 +33,8 @@ from jetseg_core.profiles import MIN_INPUT_SIDE
 
 __all__ = [
     'DEFAULT_INPUT_SIZE', 'DEFAULT_MEAN', 'DEFAULT_STD', 'CheckpointError', 'CheckpointMeta',
-    'load_checkpoint', 'read_checkpoint_meta', 'resolve_checkpoint', 'restore_training_state',
-    'save_checkpoint', 'shipped_checkpoint',
+    'NAMED_CHECKPOINTS', 'SHIPPED_KINDS', 'load_checkpoint', 'read_checkpoint_meta', 'resolve_checkpoint',
+    'restore_training_state', 'save_checkpoint', 'shipped_checkpoint',
 ]
 
 #: Format tag written into every checkpoint; bumped if the layout ever changes.
@@ -420,10 +420,24 @@ def restore_training_state(path: str | os.PathLike,
 
 # ----------------------------------------------------------------------------- finding
 
-def shipped_checkpoint(profile: str) -> Path | None:
-    """The synthetic-scene weights shipped inside the package for ``profile``, if any."""
-    path = _WEIGHTS_DIR / f'{profile}_synthetic.safetensors'
-    return path if path.is_file() else None
+#: Checkpoint settings that name weights shipped inside the package, and what each was trained on.
+#: '' picks the weights for real cameras: CamVid where shipped for the profile, else synthetic.
+SHIPPED_KINDS = ('camvid', 'synthetic')
+#: Every checkpoint setting that is not a file path.
+NAMED_CHECKPOINTS = ('', *SHIPPED_KINDS, 'untrained')
+
+
+def shipped_checkpoint(profile: str, kind: str = '') -> Path | None:
+    """The weights shipped inside the package for ``profile``, if any.
+
+    ``kind`` 'camvid' (real street scenes), 'synthetic' (the synthetic scenes of the demo and the
+    tests), or '' for real cameras: CamVid when shipped for the profile, else synthetic.
+    """
+    for k in (kind,) if kind else SHIPPED_KINDS:
+        path = _WEIGHTS_DIR / f'{profile}_{k}.safetensors'
+        if path.is_file():
+            return path
+    return None
 
 
 def untrained_model(profile: str, num_classes: int | None = None,
@@ -446,17 +460,19 @@ def untrained_model(profile: str, num_classes: int | None = None,
 
 
 def resolve_checkpoint(spec: str, profile: str | None = 'nano') -> tuple[torch.nn.Module, CheckpointMeta]:
-    """Turn a user's checkpoint setting into a model: '' = shipped, 'untrained', or a file path.
+    """Turn a user's checkpoint setting into a model: '' (shipped, for real cameras), 'camvid' or
+    'synthetic' (shipped, by what they were trained on), 'untrained', or a file path.
 
-    ``profile=None`` accepts a file for any profile ('' and 'untrained' then use nano).
+    ``profile=None`` accepts a file for any profile (the named settings then use nano).
     """
     spec = (spec or '').strip()
-    if spec == '':
+    if spec in ('', *SHIPPED_KINDS):
         wanted = profile or 'nano'
-        path = shipped_checkpoint(wanted)
+        path = shipped_checkpoint(wanted, spec)
         if path is None:
-            raise CheckpointError(_WEIGHTS_DIR / f'{wanted}_synthetic.safetensors',
-                                  f"no weights shipped for profile '{wanted}'; train some with "
+            kind = f'{spec} ' if spec else ''
+            raise CheckpointError(_WEIGHTS_DIR / f'{wanted}_{spec or SHIPPED_KINDS[0]}.safetensors',
+                                  f"no {kind}weights shipped for profile '{wanted}'; train some with "
                                   f'`jetseg-train --profile {wanted}` and pass the file as the checkpoint, '
                                   "or use checkpoint 'untrained' for speed tests")
         return load_checkpoint(path, profile=wanted)

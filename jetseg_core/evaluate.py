@@ -26,7 +26,9 @@ def build_parser() -> OneLineParser:
     p = OneLineParser(prog='jetseg-eval', description=__doc__.splitlines()[0],
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('checkpoint', nargs='?', default='',
-                   help="checkpoint file; empty: the shipped weights of --profile; 'untrained': random init")
+                   help="checkpoint file; empty: the shipped weights of --profile that fit --dataset "
+                        "(synthetic for synthetic scenes, else CamVid where shipped); 'camvid', 'synthetic': "
+                        "those shipped weights; 'untrained': random init")
     p.add_argument('--profile', default='nano',
                    help='profile of the shipped weights to use without a checkpoint')
     p.add_argument('--dataset', default='synthetic', choices=DATASETS)
@@ -174,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point `jetseg-eval`."""
     try:
         args = build_parser().parse_args(argv)
-        from .checkpoint import CheckpointError, resolve_checkpoint
+        from .checkpoint import NAMED_CHECKPOINTS, CheckpointError, resolve_checkpoint
         from .metrics import format_iou_table
 
         if args.threads:
@@ -182,10 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dataset != 'synthetic' and (args.data_root is None or not args.data_root.is_dir()):
             raise UsageError(f'--data-root {args.data_root}: no such directory' if args.data_root
                              else f'--dataset {args.dataset} needs --data-root')
-        if args.checkpoint not in ('', 'untrained') and not Path(args.checkpoint).is_file():
+        if args.checkpoint not in NAMED_CHECKPOINTS and not Path(args.checkpoint).is_file():
             raise UsageError(f'{args.checkpoint}: no such checkpoint file')
+        if args.checkpoint == '' and args.dataset == 'synthetic':
+            args.checkpoint = 'synthetic'  # the shipped weights that fit the scenes scored
         try:
-            shipped = args.checkpoint in ('', 'untrained')
+            shipped = args.checkpoint in NAMED_CHECKPOINTS
             model, meta = resolve_checkpoint(args.checkpoint, args.profile if shipped else None)
         except (CheckpointError, ValueError) as exc:  # ValueError: an unknown --profile
             raise UsageError(str(exc)) from None

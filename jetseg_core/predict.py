@@ -29,7 +29,9 @@ def build_parser() -> OneLineParser:
     p.add_argument('inputs', nargs='+', type=Path, help='image files, folders of images or video files')
     p.add_argument('-o', '--output', type=Path, default=Path('predictions'), help='output directory')
     p.add_argument('--checkpoint', default='',
-                   help="checkpoint file; empty: the shipped weights of --profile; 'untrained': random init")
+                   help="checkpoint file; empty: the shipped weights of --profile for real pictures "
+                        "(CamVid where shipped); 'camvid', 'synthetic': those shipped weights; "
+                        "'untrained': random init")
     p.add_argument('--profile', default='nano')
     p.add_argument('--device', default='auto')
     p.add_argument('--backend', default='auto', choices=BACKENDS,
@@ -197,13 +199,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not 0.0 <= args.alpha <= 1.0:
             raise UsageError(f'--alpha must be between 0 and 1, got {args.alpha}')
         items = collect_inputs(args.inputs)
-        if args.checkpoint not in ('', 'untrained') and not Path(args.checkpoint).is_file():
+        from .checkpoint import NAMED_CHECKPOINTS, CheckpointError
+        if args.checkpoint not in NAMED_CHECKPOINTS and not Path(args.checkpoint).is_file():
             raise UsageError(f'{args.checkpoint}: no such checkpoint file')
-        from .checkpoint import CheckpointError
         from .inference import Segmenter
 
         try:
-            shipped = args.checkpoint in ('', 'untrained')
+            shipped = args.checkpoint in NAMED_CHECKPOINTS
             seg = Segmenter.from_checkpoint(args.checkpoint, profile=args.profile if shipped else None,
                                             device=args.device, precision=args.precision,
                                             num_threads=args.threads, backend=args.backend, log=_note)
@@ -211,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(str(exc)) from None
         except ValueError as exc:  # bad device/precision, a backend that cannot run here
             raise UsageError(str(exc).splitlines()[0]) from None
+        _note(f'weights: {seg.meta.trained_on}')
         seg.warmup()  # builds the graph now, so the reported ms/frame is the steady-state figure
         args.output.mkdir(parents=True, exist_ok=True)
         predictor = Predictor(seg, args.output, outputs, args.alpha)

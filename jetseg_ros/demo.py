@@ -1,8 +1,8 @@
 """jetseg-demo: the whole pipeline in one command, with pictures and latency figures to look at.
 
 Starts image_source (synthetic 640x480 driving scenes) and the segmentation node (nano profile,
-config/nano.yaml, shipped weights) as separate processes on an isolated ROS domain, records
-their outputs in this process and writes to ``demo_output/``:
+config/nano.yaml, the shipped weights trained on such scenes) as separate processes on an
+isolated ROS domain, records their outputs in this process and writes to ``demo_output/``:
 
 - ``frames/overlay_NNNN.png``: every Nth overlay as published by the node;
 - ``contact_sheet.png``: input | colour mask | overlay for a few frames, with the class legend;
@@ -449,8 +449,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help='frames the image source publishes (default 150)')
     parser.add_argument('--rate', type=float, default=15.0, help='input rate in Hz (default 15)')
     parser.add_argument('--size', default='640x480', help='input WxH (default 640x480)')
-    parser.add_argument('--checkpoint', default='',
-                        help="weights: '' = the shipped nano weights, 'untrained', or a .safetensors path")
+    parser.add_argument('--checkpoint', default='synthetic',
+                        help="weights: 'synthetic' = the shipped weights trained on scenes like the demo's "
+                             "(default), 'camvid', 'untrained', or a .safetensors path")
     parser.add_argument('--profile', default='nano', choices=('nano', 'agx', 'workstation'),
                         help='profile and config/<profile>.yaml (default nano)')
     parser.add_argument('--output', type=Path, default=Path('demo_output'),
@@ -481,7 +482,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.domain_id = random.Random(os.getpid() ^ time.time_ns()).randint(120, 220)
     if not 0 <= args.domain_id <= 232:
         parser.error('--domain-id must be in 0..232')
-    if args.checkpoint not in ('', 'untrained') and not Path(args.checkpoint).is_file():
+    from jetseg_core.checkpoint import NAMED_CHECKPOINTS
+
+    if args.checkpoint not in NAMED_CHECKPOINTS and not Path(args.checkpoint).is_file():
         parser.error(f"--checkpoint '{args.checkpoint}': no such file")
     if args.use_launch and importlib.util.find_spec('launch_ros') is None:
         parser.error('--use-launch needs launch_ros (a ROS 2 install); '
@@ -614,7 +617,8 @@ def _finite(value: Any) -> Any:
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:
     lat = summary['latency_ms']
-    print(f"\njetseg-demo: {summary['profile']} profile, {summary['checkpoint']}")
+    print(f"\njetseg-demo: {summary['profile']} profile, {summary['checkpoint']}, trained on "
+          f"{summary['trained_on']}")
     print(f"{'':24s}{'p50 ms':>9s}{'p95 ms':>9s}")
     for key, label in (('end_to_end_at_node', 'end-to-end (node)'), ('inference', 'inference'),
                        ('node_overhead', 'node overhead'), ('end_to_end_at_viewer', 'end-to-end (viewer)')):

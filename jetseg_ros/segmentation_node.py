@@ -125,8 +125,9 @@ _TYPE_WORDS = {bool: 'true or false', int: 'an integer', float: 'a number', str:
 PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec('profile', 'nano', 'JetSeg network size: speed/accuracy trade-off for the target board',
                   choices=PROFILES, read_only=True),
-    ParameterSpec('checkpoint', '', "Weights: '' = the weights shipped for the profile, 'untrained' = random "
-                  'init (speed tests only), or a path to a .safetensors checkpoint', read_only=True),
+    ParameterSpec('checkpoint', '', "Weights: '' = the weights shipped for real cameras (CamVid where "
+                  "shipped for the profile), 'camvid' or 'synthetic' = those shipped weights, 'untrained' = "
+                  'random init (speed tests only), or a path to a .safetensors checkpoint', read_only=True),
     ParameterSpec('device', 'auto', "Where inference runs; 'auto' picks CUDA when available",
                   choices=('auto', 'cpu', 'cuda'), read_only=True),
     ParameterSpec('precision', 'auto', "Network precision; 'auto' = fp16 on CUDA else fp32; fp16 needs CUDA",
@@ -327,6 +328,8 @@ class SegmentationNode(Node):
             f"backend {seg.backend}, threads {self._threads_in_use}, precision {self._precision_in_use}; "
             f"listening on {self._image_topic} ({self._settings['qos_reliability']}, "
             f"depth {self._settings['qos_depth']})")
+        self.get_logger().info(f"weights: {self._settings['checkpoint'] or 'shipped'}, trained on "
+                               f"{getattr(seg.meta, 'trained_on', '') or 'unknown data'}")
 
     # ------------------------------------------------------------------ set-up
     def _declare_parameters(self) -> dict[str, Any]:
@@ -417,7 +420,7 @@ class SegmentationNode(Node):
                              for c in seg.palette.tolist()]
         info.ignore_index = 255
         info.profile = seg.profile
-        info.checkpoint = self._settings['checkpoint'] or f'shipped {seg.profile} weights'
+        info.checkpoint = self._settings['checkpoint'] or f'shipped {seg.profile} weights for real cameras'
         info.trained_on = str(getattr(seg.meta, 'trained_on', ''))
         self._class_info_pub.publish(info)
 

@@ -31,7 +31,9 @@ ARGUMENTS = (
     ('camera_info', '/camera/camera_info', 'camera_info topic (remapped to the node\'s "camera_info")'),
     ('namespace', '', 'namespace of the started nodes'),
     ('node_name', 'jetseg', 'name of the segmentation node (its outputs are ~/labels, ~/overlay, ...)'),
-    ('checkpoint', '', "weights: '' = shipped weights of the profile, 'untrained', or a .safetensors path"),
+    ('checkpoint', '', "weights: '' = shipped weights of the profile that fit the input (synthetic for "
+     "source:=synthetic, else CamVid where shipped), 'camvid', 'synthetic', 'untrained', or a "
+     '.safetensors path'),
     ('device', '', "auto | cpu | cuda; '' keeps the profile's setting"),
     ('backend', '', "auto | torch | openvino | onnxruntime | tensorrt; '' keeps the profile's setting"),
     ('use_sim_time', 'false', 'use /clock (for rosbag replay)'),
@@ -109,6 +111,8 @@ def _nodes(context: LaunchContext) -> list:
     if arg['params_file']:
         params.append(arg['params_file'])
     overrides = {'profile': profile, 'use_sim_time': sim_time}
+    if not arg['checkpoint'] and arg['source'] == 'synthetic':
+        arg['checkpoint'] = 'synthetic'  # the shipped weights trained on such scenes
     for key in ('checkpoint', 'device', 'backend'):
         if arg[key]:
             overrides[key] = arg[key]

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from jetseg_core import checkpoint as ckpt
 from jetseg_core.checkpoint import (
+    SHIPPED_KINDS,
     CheckpointError,
     CheckpointMeta,
     load_checkpoint,
@@ -373,17 +374,33 @@ def test_empty_spec_uses_shipped_weights_or_says_how_to_get_them(saved, tmp_path
     assert shipped_checkpoint('nano') is None
     with pytest.raises(CheckpointError, match='untrained') as info:
         resolve_checkpoint('', 'nano')
-    assert 'nano_synthetic.safetensors' in str(info.value) and 'jetseg-train' in str(info.value)
+    assert 'nano_camvid.safetensors' in str(info.value) and 'jetseg-train' in str(info.value)
     (tmp_path / 'nano_synthetic.safetensors').write_bytes(saved[0].read_bytes())
     assert shipped_checkpoint('nano') == tmp_path / 'nano_synthetic.safetensors'
     model, meta = resolve_checkpoint('', 'nano')
     assert meta.extra['epoch'] == 7 and model.num_classes == 11
 
 
+def test_empty_spec_prefers_the_camvid_weights_and_named_specs_pick_their_kind(saved, tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt, '_WEIGHTS_DIR', tmp_path)
+    (tmp_path / 'nano_synthetic.safetensors').write_bytes(saved[0].read_bytes())
+    with pytest.raises(CheckpointError, match="no camvid weights shipped for profile 'nano'"):
+        resolve_checkpoint('camvid', 'nano')
+    model, _ = load_checkpoint(saved[0])
+    meta = CheckpointMeta.from_palette('nano', CAMVID11, (240, 320), trained_on='camvid train split')
+    save_checkpoint(tmp_path / 'nano_camvid.safetensors', model, meta)
+    assert shipped_checkpoint('nano') == tmp_path / 'nano_camvid.safetensors'
+    assert resolve_checkpoint('', 'nano')[1].trained_on == 'camvid train split'
+    assert resolve_checkpoint('camvid', 'nano')[1].trained_on == 'camvid train split'
+    assert resolve_checkpoint('synthetic', 'nano')[1].extra['epoch'] == 7
+
+
 def test_shipped_weights_if_present_load_for_their_profile():
     for profile in ('nano', 'agx', 'workstation'):
-        path = shipped_checkpoint(profile)
-        if path is not None:
-            assert path.name == f'{profile}_synthetic.safetensors'
+        for kind in SHIPPED_KINDS:
+            path = shipped_checkpoint(profile, kind)
+            if path is None:
+                continue
+            assert path.name == f'{profile}_{kind}.safetensors'
             _, meta = load_checkpoint(path, profile=profile)
             assert meta.num_classes == len(meta.class_names) == len(meta.class_colors)
