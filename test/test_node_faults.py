@@ -136,6 +136,8 @@ class Steady:
         latency = float(np.median([m.total_ms for m in window]))
         assert rate >= RATE_FRACTION * self.rate_hz, f'{what}: {rate:.1f} Hz, steady {self.rate_hz:.1f} Hz'
         bound = LATENCY_FACTOR * self.latency_ms + LATENCY_SLACK_MS
+        print(f'\n{what}: {rate:.1f} Hz, latency p50 {latency:.0f} ms '
+              f'(steady before: {self.rate_hz:.1f} Hz, {self.latency_ms:.0f} ms)')
         assert latency <= bound, f'{what}: latency {latency:.0f} ms, steady {self.latency_ms:.0f} ms'
 
 
