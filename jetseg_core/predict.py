@@ -23,6 +23,9 @@ VIDEO_SUFFIXES = {'.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpe
 OUTPUTS = ('labels', 'color', 'overlay')
 
 
+SHEET_ROWS = 6  # images on a --contact-sheet
+
+
 def build_parser() -> OneLineParser:
     p = OneLineParser(prog='jetseg-predict', description=__doc__.splitlines()[0],
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -45,6 +48,9 @@ def build_parser() -> OneLineParser:
                    help='comma-separated subset of labels,color,overlay')
     p.add_argument('--max-frames', type=positive_int, default=None, help='video: stop after N frames')
     p.add_argument('--video-labels', action='store_true', help='video: also write a label PNG per frame')
+    p.add_argument('--contact-sheet', type=Path, default=None, metavar='PNG',
+                   help=f'also write input | colour mask | overlay of the first {SHEET_ROWS} images, '
+                        'with the class legend, to this PNG')
     return p
 
 
@@ -121,27 +127,34 @@ def _video_fps(path: Path) -> float:
 class Predictor:
     """Runs a Segmenter and writes the requested outputs for images and videos."""
 
-    def __init__(self, segmenter, out_dir: Path, outputs: set[str], alpha: float) -> None:
+    def __init__(self, segmenter, out_dir: Path, outputs: set[str], alpha: float,
+                 sheet_rows: int = 0) -> None:
         self.seg = segmenter
         self.out_dir = out_dir
         self.outputs = outputs
         self.alpha = alpha
         self.frames = 0
         self.infer_ms = 0.0
+        self.sheet_rows = sheet_rows
+        self.sheet: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # input, colour mask, overlay
 
-    def _render(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    def _render(self, rgb: np.ndarray, for_sheet: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         from .visualize import blend, colorize
 
         result = self.seg.segment(rgb)
         self.frames += 1
         self.infer_ms += result.preprocess_ms + result.inference_ms + result.postprocess_ms
         labels = result.labels
-        color = colorize(labels, self.seg.palette) if self.outputs & {'color', 'overlay'} else None
-        overlay = blend(rgb, color, self.alpha) if 'overlay' in self.outputs else None
+        wanted = self.outputs | ({'color', 'overlay'} if for_sheet else set())
+        color = colorize(labels, self.seg.palette) if wanted & {'color', 'overlay'} else None
+        overlay = blend(rgb, color, self.alpha) if 'overlay' in wanted else None
+        if for_sheet:
+            self.sheet.append((rgb, color, overlay))
         return labels, color, overlay
 
     def image(self, path: Path, stem: str) -> list[Path]:
-        labels, color, overlay = self._render(read_image(path))
+        labels, color, overlay = self._render(read_image(path), len(self.sheet) < self.sheet_rows)
         written = []
         for kind, array in (('labels', labels), ('color', color), ('overlay', overlay)):
             if kind in self.outputs and array is not None:
@@ -216,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _note(f'weights: {seg.meta.trained_on}')
         seg.warmup()  # builds the graph now, so the reported ms/frame is the steady-state figure
         args.output.mkdir(parents=True, exist_ok=True)
-        predictor = Predictor(seg, args.output, outputs, args.alpha)
+        predictor = Predictor(seg, args.output, outputs, args.alpha,
+                              sheet_rows=SHEET_ROWS if args.contact_sheet else 0)
         stems: dict[str, int] = {}
         failed = 0
         t0 = time.perf_counter()
@@ -235,6 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f'jetseg-predict: skipped {exc}', file=sys.stderr)
                 failed += 1
         wall = time.perf_counter() - t0
+        if args.contact_sheet and predictor.sheet:
+            from .visualize import contact_sheet
+
+            colours = [tuple(c) for c in seg.palette.tolist()]
+            args.contact_sheet.parent.mkdir(parents=True, exist_ok=True)
+            write_png(contact_sheet(predictor.sheet, seg.class_names, colours), args.contact_sheet)
+            print(f'jetseg-predict: contact sheet of {len(predictor.sheet)} images in {args.contact_sheet}')
         mean_ms = predictor.infer_ms / max(predictor.frames, 1)
         print(f'jetseg-predict: {predictor.frames} frames from {len(items) - failed} inputs into '
               f'{args.output} '

@@ -1,15 +1,18 @@
-"""Label maps to pictures: colour masks and overlays, fast enough to run per frame.
+"""Label maps to pictures: colour masks and overlays, fast enough to run per frame, and contact sheets.
 
-Both functions are plain numpy lookups and 16-bit integer arithmetic (no float
+colorize and blend are plain numpy lookups and 16-bit integer arithmetic (no float
 images), so drawing a 720p overlay costs a few milliseconds on a small CPU.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-__all__ = ['blend', 'colorize', 'palette_array']
+__all__ = ['blend', 'colorize', 'contact_sheet', 'legend_strip', 'palette_array']
+
+TILE = (240, 320)  # (H, W) of one contact sheet tile
 
 
 def palette_array(palette: Any) -> np.ndarray:
@@ -69,3 +72,47 @@ def blend(rgb: np.ndarray, color_mask: np.ndarray, alpha: float) -> np.ndarray:
     out += 128
     out >>= 8
     return out.astype(np.uint8)
+
+
+def _tile(rgb: np.ndarray, nearest: bool = False) -> np.ndarray:
+    from PIL import Image as PILImage
+    method = PILImage.NEAREST if nearest else PILImage.BILINEAR
+    return np.asarray(PILImage.fromarray(rgb).resize((TILE[1], TILE[0]), method))
+
+
+def legend_strip(names: list[str], colours: list[tuple[int, int, int]], width: int) -> np.ndarray:
+    """A strip of colour swatches with the class names, wrapped to ``width``."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
+    cell_w, cell_h = 150, 26
+    per_row = max(1, width // cell_w)
+    rows = max(1, math.ceil(len(names) / per_row))
+    strip = PILImage.new('RGB', (width, rows * cell_h + 8), (24, 24, 24))
+    draw = ImageDraw.Draw(strip)
+    for i, (name, colour) in enumerate(zip(names, colours, strict=False)):
+        x, y = 8 + (i % per_row) * cell_w, 4 + (i // per_row) * cell_h
+        draw.rectangle([x, y + 3, x + 18, y + 21], fill=tuple(colour), outline=(255, 255, 255))
+        draw.text((x + 26, y + 6), f'{i} {name}', fill=(235, 235, 235))
+    return np.asarray(strip)
+
+
+def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], names: list[str],
+                  colours: list[tuple[int, int, int]]) -> np.ndarray:
+    """input | colour mask | overlay per row, column titles on top, class legend at the bottom."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw
+    gap = 4
+    width = 3 * TILE[1] + 4 * gap
+    title = PILImage.new('RGB', (width, 22), (24, 24, 24))
+    draw = ImageDraw.Draw(title)
+    for col, text in enumerate(('input', 'colour mask', 'overlay')):
+        draw.text((gap + col * (TILE[1] + gap) + 6, 5), text, fill=(235, 235, 235))
+    parts = [np.asarray(title)]
+    for rgb, mask, overlay in rows:
+        row = np.full((TILE[0] + gap, width, 3), 24, np.uint8)
+        for col, (image, nearest) in enumerate(((rgb, False), (mask, True), (overlay, False))):
+            x = gap + col * (TILE[1] + gap)
+            row[:TILE[0], x:x + TILE[1]] = _tile(image, nearest)
+        parts.append(row)
+    parts.append(legend_strip(names, colours, width))
+    return np.concatenate(parts, axis=0)

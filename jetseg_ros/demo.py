@@ -35,11 +35,11 @@ from typing import Any, TextIO
 import numpy as np
 
 from jetseg_core.malloc import tune_malloc
+from jetseg_core.visualize import contact_sheet
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding jetseg_ros/
 NODE_NAME = 'jetseg'
 SHEET_ROWS = 4
-TILE = (240, 320)  # (H, W) of one contact sheet tile
 GIF_WIDTH = 320
 GIF_MAX_FRAMES = 60
 
@@ -373,50 +373,6 @@ class Recorder:
 
 
 # ----------------------------------------------------------------------------- pictures
-
-def _tile(rgb: np.ndarray, nearest: bool = False) -> np.ndarray:
-    from PIL import Image as PILImage
-    method = PILImage.NEAREST if nearest else PILImage.BILINEAR
-    return np.asarray(PILImage.fromarray(rgb).resize((TILE[1], TILE[0]), method))
-
-
-def legend_strip(names: list[str], colours: list[tuple[int, int, int]], width: int) -> np.ndarray:
-    """A strip of colour swatches with the class names, wrapped to ``width``."""
-    from PIL import Image as PILImage
-    from PIL import ImageDraw
-    cell_w, cell_h = 150, 26
-    per_row = max(1, width // cell_w)
-    rows = max(1, math.ceil(len(names) / per_row))
-    strip = PILImage.new('RGB', (width, rows * cell_h + 8), (24, 24, 24))
-    draw = ImageDraw.Draw(strip)
-    for i, (name, colour) in enumerate(zip(names, colours, strict=False)):
-        x, y = 8 + (i % per_row) * cell_w, 4 + (i // per_row) * cell_h
-        draw.rectangle([x, y + 3, x + 18, y + 21], fill=tuple(colour), outline=(255, 255, 255))
-        draw.text((x + 26, y + 6), f'{i} {name}', fill=(235, 235, 235))
-    return np.asarray(strip)
-
-
-def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], names: list[str],
-                  colours: list[tuple[int, int, int]]) -> np.ndarray:
-    """input | colour mask | overlay per row, column titles on top, class legend at the bottom."""
-    from PIL import Image as PILImage
-    from PIL import ImageDraw
-    gap = 4
-    width = 3 * TILE[1] + 4 * gap
-    title = PILImage.new('RGB', (width, 22), (24, 24, 24))
-    draw = ImageDraw.Draw(title)
-    for col, text in enumerate(('input', 'colour mask', 'overlay')):
-        draw.text((gap + col * (TILE[1] + gap) + 6, 5), text, fill=(235, 235, 235))
-    parts = [np.asarray(title)]
-    for rgb, mask, overlay in rows:
-        row = np.full((TILE[0] + gap, width, 3), 24, np.uint8)
-        for col, (image, nearest) in enumerate(((rgb, False), (mask, True), (overlay, False))):
-            x = gap + col * (TILE[1] + gap)
-            row[:TILE[0], x:x + TILE[1]] = _tile(image, nearest)
-        parts.append(row)
-    parts.append(legend_strip(names, colours, width))
-    return np.concatenate(parts, axis=0)
-
 
 def pick_evenly(items: list, count: int) -> list:
     if len(items) <= count:
