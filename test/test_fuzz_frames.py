@@ -300,9 +300,9 @@ def raw_cases(draw) -> tuple[Image, dict]:
     elif fault == 'extend':
         data += bytes(draw(st.integers(1, 100)))
     elif fault == 'big_height':
-        height = draw(st.integers(height + 1, 4096))
+        height = draw(st.integers(height + 1, max(height + 1, 4096)))
     elif fault == 'big_width':
-        width = draw(st.integers(width + 1, 4096))
+        width = draw(st.integers(width + 1, max(width + 1, 4096)))
         step = max(step, width * bpp) if draw(st.booleans()) else step
     elif fault == 'huge':
         height, width = draw(st.integers(1, 2**32 - 1)), draw(st.integers(1, 2**32 - 1))
