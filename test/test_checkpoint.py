@@ -96,6 +96,10 @@ def test_loading_never_unpickles(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError):
         read_checkpoint_meta(path)
+    with pytest.raises(CheckpointError):
+        restore_training_state(path, None)
+    with pytest.raises(CheckpointError):
+        resolve_checkpoint(str(path), profile=None)
     assert not marker.exists()
 
 
