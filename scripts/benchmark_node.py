@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the node's image subscription reliability (default reliable)")
     parser.add_argument('--threads', type=int, default=0,
                         help="the node's num_threads (default 0: the YAML's, else the profile's best)")
+    parser.add_argument('--backend', default='',
+                        help="the node's backend (auto, torch, openvino, onnxruntime, tensorrt; default: "
+                             "the YAML's, else auto)")
     parser.add_argument('--no-params-file', action='store_true',
                         help='start the node without config/<profile>.yaml, as `ros2 run` or a launch '
                              'file of your own does: only profile, checkpoint, qos (and --threads) are set')
@@ -143,6 +146,8 @@ def measure(args: argparse.Namespace) -> dict:
         overrides = {'profile': args.profile, 'checkpoint': args.checkpoint, 'qos_reliability': args.qos}
         if threads:
             overrides['num_threads'] = threads
+        if args.backend:
+            overrides['backend'] = args.backend
         cmd = node_command(params_file, overrides)
         if args.no_params_file:
             at = cmd.index('--params-file')
@@ -158,6 +163,8 @@ def measure(args: argparse.Namespace) -> dict:
         else:
             in_effect = {'threads': threads, 'threads_source': 'num_threads' if threads else 'unknown',
                          'precision': 'unknown'}
+        backend = re.search(r'backend (\S+), threads', node.log_path.read_text(errors='replace'))
+        in_effect['backend'] = backend[1] if backend else 'unknown'
         print(f'benchmark: running {args.seconds:g} s at {args.rate:g} Hz ({args.warmup:g} s warm-up) ...',
               flush=True)
         time.sleep(args.warmup)
@@ -215,7 +222,8 @@ def print_table(r: dict) -> None:
     threads = f"{r['threads']} thread{'s' if r['threads'] != 1 else ''} ({r['threads_source']})"
     params = 'no parameters file' if r['params_file'] == 'none' else Path(r['params_file']).name
     print(f"\njetseg node benchmark: {r['profile']} profile ({r['checkpoint']}), {params}, {r['input']}, "
-          f"{r['seconds']:g} s, {threads}, {r['precision']}, {r['qos']} image QoS")
+          f"{r['seconds']:g} s, backend {r.get('backend', 'unknown')}, {threads}, {r['precision']}, "
+          f"{r['qos']} image QoS")
     print(f"{'':22s}{'p50':>9s}{'p95':>9s}{'mean':>9s}{'max':>9s}")
     for key, label in (('end_to_end_ms', 'end-to-end (ms)'), ('inference_ms', 'inference (ms)'),
                        ('node_overhead_ms', 'node overhead (ms)'), ('preprocess_ms', '  preprocess (ms)'),
