@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dataset != 'synthetic' and (args.data_root is None or not args.data_root.is_dir()):
             raise UsageError(f'--data-root {args.data_root}: no such directory' if args.data_root
                              else f'--dataset {args.dataset} needs --data-root')
-        if args.checkpoint not in NAMED_CHECKPOINTS and not Path(args.checkpoint).is_file():
+        if args.checkpoint not in NAMED_CHECKPOINTS and not Path(args.checkpoint).exists():
             raise UsageError(f'{args.checkpoint}: no such checkpoint file')
         if args.checkpoint == '' and args.dataset == 'synthetic':
             args.checkpoint = 'synthetic'  # the shipped weights that fit the scenes scored

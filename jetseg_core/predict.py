@@ -213,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f'--alpha must be between 0 and 1, got {args.alpha}')
         items = collect_inputs(args.inputs)
         from .checkpoint import NAMED_CHECKPOINTS, CheckpointError
-        if args.checkpoint not in NAMED_CHECKPOINTS and not Path(args.checkpoint).is_file():
+        if args.checkpoint not in NAMED_CHECKPOINTS and not Path(args.checkpoint).exists():
             raise UsageError(f'{args.checkpoint}: no such checkpoint file')
         from .inference import Segmenter
 
