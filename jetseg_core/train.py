@@ -311,11 +311,11 @@ class EpochSampler(torch.utils.data.Sampler):
     def __iter__(self):
         g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
         order = torch.randperm(self.size, generator=g)
-        seeds = torch.randint(0, 2**62, (self.size,), generator=g)
+        seeds = torch.randint(0, 2**62, (self.size,), generator=g).tolist()
         usable = self._per_rank() * self.world_size
         mine = order[self.rank:usable:self.world_size][self.skip:]
         for index in mine.tolist():
-            yield index, int(seeds[index])
+            yield index, seeds[index]
 
 
 # --------------------------------------------------------------------------------------------------- data
