@@ -680,9 +680,9 @@ def _resume_state(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     """Read --resume's train state and settle the run flags against it (see the module docstring)."""
     from .checkpoint import CheckpointError, read_checkpoint_meta, restore_training_state
 
-    if not args.resume.is_file():
+    if not args.resume.exists():
         raise UsageError(f'--resume {args.resume}: no such file')
-    try:
+    try:  # the reader names a directory, FIFO or device given as the checkpoint
         meta = read_checkpoint_meta(args.resume)
         state = restore_training_state(args.resume, None)
     except CheckpointError as exc:

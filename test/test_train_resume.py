@@ -189,3 +189,14 @@ def test_amp_resume_restores_the_loss_scale(tmp_path: Path):
     assert train.main([*argv, '--resume', str(last)]) == 0
     scale = restore_training_state(last, None)['scaler']['scale']
     assert scale <= 1024.0 * 2, scale  # continued from 1024 (may double once), not restarted at 65536
+
+
+@pytest.mark.parametrize('kind', ['directory', 'fifo', 'device'])
+def test_resume_from_something_not_a_file_is_one_line(tmp_path: Path, capsys, kind: str):
+    path = {'directory': tmp_path, 'fifo': tmp_path / 'pipe', 'device': Path('/dev/null')}[kind]
+    if kind == 'fifo':
+        os.mkfifo(path)
+    assert train.main(['--resume', str(path), '--output', str(tmp_path / 'out')]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith('jetseg-train: error:') and str(path) in err[0], err
+    assert 'not a regular file' in err[0]
