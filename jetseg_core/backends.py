@@ -40,13 +40,15 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-__all__ = ['BACKENDS', 'ENGINES', 'BackendUnavailable', 'Engine', 'OnnxRuntimeEngine', 'OpenVINOEngine',
-           'TensorRTEngine', 'backend_available', 'cache_dir', 'create_engine', 'resolve_backend',
-           'weights_digest']
+__all__ = ['BACKENDS', 'ENGINES', 'INT8_ENGINES', 'BackendUnavailable', 'Engine', 'OnnxRuntimeEngine',
+           'OpenVINOEngine', 'TensorRTEngine', 'backend_available', 'cache_dir', 'create_engine',
+           'find_int8_graph', 'int8_graph_path', 'resolve_backend', 'weights_digest']
 
 BACKENDS = ('auto', 'torch', 'openvino', 'onnxruntime', 'tensorrt')
 ENGINES = ('openvino', 'onnxruntime', 'tensorrt')
 CPU_ENGINES = ('openvino', 'onnxruntime')  # the order 'auto' tries them in on CPU
+#: The engines that run the int8 graph of ``jetseg-export --int8`` (precision 'int8').
+INT8_ENGINES = CPU_ENGINES
 #: Bumped whenever the exported engine graph changes: cache files of older graphs are never read.
 GRAPH_VERSION = 1
 _INSTALL_HINTS = {
@@ -169,6 +171,35 @@ def _cache_path(kind: str, suffix: str, net: torch.nn.Module, input_size: Sequen
     return cache_dir() / f'{profile}-{h}x{w}-{kind}-{key}{suffix}'
 
 
+def _int8_stem(net: torch.nn.Module, input_size: Sequence[int], digest: str) -> str:
+    """The part of an int8 graph's file name that names the network, size and graph version."""
+    path = _cache_path('graph-int8', '', net, input_size, digest, 'int8')
+    return path.name
+
+
+def int8_graph_path(net: torch.nn.Module, input_size: Sequence[int], digest: str, calibration: str) -> Path:
+    """Where ``jetseg-export --int8`` caches the int8 graph of a BN-folded network at ``input_size``,
+    calibrated on the set that ``calibration`` identifies (dataset, root, split, frames).
+
+    The name is ``<network key>-<calibration key>.onnx``: the Segmenter finds the graphs of its network
+    without knowing the calibration set, and a new calibration set never overwrites another's graph.
+    """
+    calib = hashlib.sha256(calibration.encode()).hexdigest()[:12]
+    return cache_dir() / f'{_int8_stem(net, input_size, digest)}-{calib}.onnx'
+
+
+def find_int8_graph(net: torch.nn.Module, input_size: Sequence[int], digest: str | None = None
+                    ) -> Path | None:
+    """The newest cached int8 graph of this network at ``input_size`` (any calibration set), or None."""
+    digest = digest or weights_digest(net)
+    stem = _int8_stem(net, input_size, digest)
+    try:
+        found = [p for p in cache_dir().glob(f'{stem}-*.onnx') if p.is_file()]
+    except OSError:
+        return None
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.name), default=None)
+
+
 def _read_cache(path: Path) -> bytes | None:
     try:
         return path.read_bytes()
@@ -286,8 +317,8 @@ class OnnxRuntimeEngine(Engine):
 
     name = 'onnxruntime'
 
-    def __init__(self, onnx: bytes, num_threads: int | None = None) -> None:
-        super().__init__('fp32')
+    def __init__(self, onnx: bytes, num_threads: int | None = None, precision: str = 'fp32') -> None:
+        super().__init__(precision)
         self._ort = _import('onnxruntime')
         self._onnx = onnx
         self.set_num_threads(num_threads)
@@ -318,7 +349,9 @@ class OnnxRuntimeEngine(Engine):
 
 class OpenVINOEngine(Engine):
     """OpenVINO's CPU plugin: fp32 (no bf16 even where the CPU has it), latency hint, one stream,
-    compiled for a batch of one (larger batches run image by image).
+    compiled for a batch of one (larger batches run image by image). With precision 'int8' it
+    compiles the quantised graph of ``jetseg-export --int8`` (its QuantizeLinear/DequantizeLinear
+    pairs become int8 kernels); ``graph_key`` (that file's name) is then part of the cache key.
 
     The compiled model is exported to the cache and imported on later starts; the thread count is
     applied at import, so changing it costs an import (~0.3 s for nano), not a compile.
@@ -328,13 +361,15 @@ class OpenVINOEngine(Engine):
 
     def __init__(self, onnx: Callable[[], bytes], net: torch.nn.Module, input_size: Sequence[int],
                  digest: str, num_threads: int | None = None,
-                 log: Callable[[str], None] = _logger.info) -> None:
-        super().__init__('fp32')
+                 log: Callable[[str], None] = _logger.info, precision: str = 'fp32',
+                 graph_key: str = '') -> None:
+        super().__init__(precision)
         ov = _import('openvino')
         self._core = ov.Core()
         version = ov.get_version()
+        fields = ('f32',) if precision == 'fp32' else (precision, graph_key)
         self.cache_path = _cache_path('openvino', '.blob', net, input_size, digest, f'openvino {version}',
-                                      'f32')
+                                      *fields)
         self._blob = _read_cache(self.cache_path)
         compiled = None
         if self._blob:
@@ -354,7 +389,8 @@ class OpenVINOEngine(Engine):
             exported = compiled.export_model()
             self._blob = exported.getvalue() if hasattr(exported, 'getvalue') else bytes(exported)
             stored = _write_cache(self.cache_path, self._blob, log)
-            log(f'built the OpenVINO {version.split("-")[0]} engine in {time.perf_counter() - started:.1f} s'
+            log(f'built the OpenVINO {version.split("-")[0]} {precision} engine in '
+                f'{time.perf_counter() - started:.1f} s'
                 + (f', cached at {self.cache_path}' if stored else ''))
         self._use(compiled, num_threads)
 
@@ -492,7 +528,11 @@ def create_engine(backend: str, net: torch.nn.Module, input_size: Sequence[int],
     """Build or load the ``backend`` engine ('openvino', 'onnxruntime', 'tensorrt') for a BN-folded network.
 
     ``log`` gets one line whenever something is built (and how long it took), or a cache
-    file could not be used; default: this module's logger.
+    file could not be used; default: this module's logger. Precision 'int8' (ONNX Runtime and
+    OpenVINO) runs the int8 graph ``jetseg-export --int8`` calibrated and cached for this network and
+    input size (the newest, if several calibration sets were used); without one it raises
+    :class:`BackendUnavailable` saying how to build it: calibration needs a data set, so it is never
+    done on the fly.
     """
     import torch
 
@@ -502,6 +542,8 @@ def create_engine(backend: str, net: torch.nn.Module, input_size: Sequence[int],
     net = net.eval().float().cpu()
     size = (int(input_size[0]), int(input_size[1]))
     digest = weights_digest(net)
+    if precision == 'int8':
+        return _int8_engine(backend, net, size, digest, num_threads, log)
     graph = EngineGraph(net, size, digest, log)  # exported or read only when an engine needs it
 
     def build() -> Engine:
@@ -521,3 +563,24 @@ def create_engine(backend: str, net: torch.nn.Module, input_size: Sequence[int],
         log(f'the cached ONNX graph {graph.path} is unusable ({_first_line(exc)}); exporting it again')
         graph.export()
         return build()
+
+
+def _int8_engine(backend: str, net: torch.nn.Module, size: tuple[int, int], digest: str,
+                 num_threads: int | None, log: Callable[[str], None]) -> Engine:
+    """The ``backend`` engine on the cached int8 graph of this network at ``size``."""
+    if backend not in INT8_ENGINES:
+        raise BackendUnavailable(f"precision 'int8' runs on {' and '.join(INT8_ENGINES)} (CPU), not on "
+                                 f"'{backend}'; use precision 'fp16' or 'fp32' there")
+    path = find_int8_graph(net, size, digest)
+    data = _read_cache(path) if path is not None else None
+    if not data:
+        h, w = size
+        profile = getattr(net, 'profile', 'network')
+        raise BackendUnavailable(
+            f"no int8 graph of this {profile} checkpoint at {h}x{w} in {cache_dir()}; "
+            f"calibrate one first: jetseg-export --int8 --calib-dataset NAME --data-root DIR "
+            f"--checkpoint <the same checkpoint> --size {h}x{w}")
+    if backend == 'onnxruntime':
+        return OnnxRuntimeEngine(data, num_threads, precision='int8')
+    return OpenVINOEngine(lambda: data, net, size, digest, num_threads, log, precision='int8',
+                          graph_key=path.name)

@@ -42,6 +42,10 @@ def build_parser() -> OneLineParser:
     p.add_argument('--backend', default='torch', choices=BACKENDS,
                    help='what runs the network: torch scores the checkpoint as trained; an engine '
                         "(auto: the one jetseg-predict and the node pick) scores what it computes")
+    p.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'fp16', 'int8'),
+                   help="an engine's precision: auto = fp16 on CUDA, else fp32; int8 = the graph "
+                        'jetseg-export --int8 calibrated for this checkpoint and --size (backend '
+                        'onnxruntime or openvino)')
     p.add_argument('--workers', type=non_negative_int, default=0, help='DataLoader workers')
     p.add_argument('--limit', type=positive_int, default=None, help='evaluate only the first N images')
     p.add_argument('--native-labels', action='store_true',
@@ -155,17 +159,23 @@ class EngineModel(torch.nn.Module):
 
 
 def _engine_model(backend: str, model: torch.nn.Module, size: tuple[int, int], device: str,
-                  threads: int | None) -> tuple[torch.nn.Module, torch.device | None, str]:
+                  threads: int | None, precision: str = 'auto'
+                  ) -> tuple[torch.nn.Module, torch.device | None, str]:
     """(model, its device, backend label) for ``--backend``; the model itself when that is torch."""
-    from .backends import create_engine, resolve_backend
+    from .backends import INT8_ENGINES, create_engine, resolve_backend
     from .fuse import fold_batchnorm
 
     try:
         name, dev = resolve_backend(backend, device)
+        if precision == 'int8' and name not in INT8_ENGINES:
+            raise UsageError(f"--precision int8 needs --backend {' or '.join(INT8_ENGINES)} "
+                             f"(or auto on CPU), not '{name}'")
         if name == 'torch':
             return model, None, 'torch'
-        engine = create_engine(name, fold_batchnorm(model), size, device=dev,
-                               precision='fp16' if dev.startswith('cuda') else 'fp32', num_threads=threads,
+        if precision == 'auto':
+            precision = 'fp16' if dev.startswith('cuda') else 'fp32'
+        engine = create_engine(name, fold_batchnorm(model), size, device=dev, precision=precision,
+                               num_threads=threads,
                                log=lambda line: print(f'jetseg-eval: {line}', file=sys.stderr))
     except ValueError as exc:  # BackendUnavailable: not installed, or no device for it
         raise UsageError(str(exc).splitlines()[0]) from None
@@ -205,8 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .data.datasets import DatasetError, error_line
 
         backend = 'torch'
-        if args.backend != 'torch':
-            model, on, backend = _engine_model(args.backend, model, size, args.device, args.threads)
+        if args.backend != 'torch' or args.precision == 'int8':
+            model, on, backend = _engine_model(args.backend, model, size, args.device, args.threads,
+                                               args.precision)
             device = on or device
         try:
             report, matrix, ips = run_evaluation(model, dataset, meta.num_classes, device, args.batch_size,

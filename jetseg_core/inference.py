@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jetseg_core.backends import BACKENDS, Engine, create_engine, resolve_backend
+from jetseg_core.backends import BACKENDS, INT8_ENGINES, Engine, create_engine, resolve_backend
 from jetseg_core.checkpoint import CheckpointMeta, resolve_checkpoint
 from jetseg_core.fuse import (
     densify_grouped_pointwise,
@@ -52,7 +52,7 @@ __all__ = ['BACKENDS', 'DEVICES', 'PRECISIONS', 'Segmentation', 'Segmenter', 'ne
            'upsampled_labels']
 
 DEVICES = ('auto', 'cpu', 'cuda')
-PRECISIONS = ('auto', 'fp32', 'fp16')
+PRECISIONS = ('auto', 'fp32', 'fp16', 'int8')
 _MAX_CACHED_SHAPES = 16  # per-shape caches are dropped beyond this, so memory stays bounded
 
 
@@ -85,12 +85,15 @@ def _resolve_device(device: str) -> torch.device:
     raise ValueError(f"unknown device '{device}'; valid: {', '.join(DEVICES)}")
 
 
-def _resolve_precision(precision: str, device: torch.device) -> str:
+def _resolve_precision(precision: str, device: torch.device, backend: str = 'torch') -> str:
     name = str(precision).strip().lower()
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}'; valid: {', '.join(PRECISIONS)}")
     if name == 'auto':
         return 'fp16' if device.type == 'cuda' else 'fp32'
+    if name == 'int8' and backend not in INT8_ENGINES:
+        raise ValueError(f"precision 'int8' runs on backend {' or '.join(INT8_ENGINES)} (the graph "
+                         f"jetseg-export --int8 calibrates), not on '{backend}'")
     if name == 'fp16' and device.type != 'cuda':
         raise ValueError("precision 'fp16' needs a CUDA device; on CPU use 'fp32'")
     return name
@@ -247,7 +250,8 @@ class Segmenter:
     """Runs a JetSeg network on uint8 RGB frames of any size.
 
     ``device``: 'auto' (CUDA if available), 'cpu' or 'cuda'. ``precision``: 'fp32',
-    'fp16' (CUDA only) or 'auto' (the default: fp16 on CUDA). ``num_threads`` sets torch's CPU
+    'fp16' (CUDA only), 'int8' (backend onnxruntime or openvino: the graph ``jetseg-export --int8``
+    calibrated into the engine cache) or 'auto' (the default: fp16 on CUDA). ``num_threads`` sets torch's CPU
     thread count (process-wide); None (the default) sets the profile's best
     (:func:`jetseg_core.profiles.apply_thread_setting`: 1 for nano on CPU, else one per core),
     shown in ``threads``. ``fold_bn`` folds BatchNorm into convolutions.
@@ -277,7 +281,7 @@ class Segmenter:
         self.backend_name, device = resolve_backend(backend, device)
         engine = self.backend_name != 'torch'
         self._device = _resolve_device(device)
-        self.precision = _resolve_precision(precision, self._device)
+        self.precision = _resolve_precision(precision, self._device, self.backend_name)
         if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
             raise ValueError(f'num_threads must be a positive integer, got {num_threads!r}')
         self.threads = apply_thread_setting(meta.profile, self._device.type, num_threads)
