@@ -21,7 +21,9 @@ Variants:
 Backends (``--backend torch,openvino,onnxruntime``; see jetseg_core.backends): the Segmenter with
 each backend, side by side with the same preprocessing and class decision; on their own unless
 ``--variants`` is given too. ``openvino+rewrites`` gives an engine the graph with the CPU rewrites
-(dense 1x1 convs, no shuffles, undilated) instead of the plain folded one. The header gives the
+(dense 1x1 convs, no shuffles, undilated) instead of the plain folded one. ``onnxruntime-int8`` and
+``openvino-int8`` run the int8 graph ``jetseg-export --int8`` calibrated for the same ``--checkpoint``
+and ``--size`` (calibrate it first). The header gives the
 network's params and GMACs; every row its median and p90, and the share of pixels whose labels
 equal the torch backend's.
 """
@@ -38,15 +40,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from jetseg_core.backends import BACKENDS
+from jetseg_core.backends import BACKENDS, INT8_ENGINES
 from jetseg_core.checkpoint import CheckpointError, CheckpointMeta, resolve_checkpoint
 from jetseg_core.cli import OneLineParser, UsageError, parse_size, positive_int_list, usage_error
 from jetseg_core.inference import Segmenter
 from jetseg_core.malloc import tune_malloc
-from jetseg_core.profiles import resolve_thread_setting
+from jetseg_core.profiles import DEFAULT_PRECISION, resolve_thread_setting
 
 VARIANTS = ('eager', 'unfolded', 'folded', 'rewritten', 'graph')
 REWRITTEN = '+rewrites'  # an engine given the CPU-rewritten graph (dense 1x1s, no shuffles, undilated)
+INT8 = '-int8'  # a CPU engine on the int8 graph jetseg-export --int8 calibrated (precision 'int8')
 
 
 def _variant_list(text: str) -> list[str]:
@@ -62,10 +65,12 @@ def _backend_list(text: str) -> list[str]:
     """'torch,openvino,openvino+rewrites' -> names; '+rewrites' gives an engine the rewritten graph."""
     names = [v.strip().lower() for v in text.split(',') if v.strip()]
     bad = [n for n in names if n.removesuffix(REWRITTEN) not in BACKENDS
+           and n.removesuffix(INT8) not in INT8_ENGINES
            or (n.endswith(REWRITTEN) and n.removesuffix(REWRITTEN) in ('torch', 'auto'))]
     if bad or not names or len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"bad backend list {text!r} (each once, from {', '.join(BACKENDS)}; "
-                                         f"an engine may take '{REWRITTEN}')")
+                                         f"an engine may take '{REWRITTEN}', "
+                                         f"{' and '.join(INT8_ENGINES)} '{INT8}')")
     return names
 
 
@@ -132,8 +137,9 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
             segmenters[name] = seg
             runners[name] = lambda rgb, seg=seg: seg.segment(rgb).labels
     for name in backends:
-        seg = Segmenter(model, meta, device=device, backend=name.removesuffix(REWRITTEN),
+        seg = Segmenter(model, meta, device=device, backend=name.removesuffix(REWRITTEN).removesuffix(INT8),
                         cpu_rewrites=True if name.endswith(REWRITTEN) else None,
+                        precision='int8' if name.endswith(INT8) else DEFAULT_PRECISION,
                         log=lambda line: print(f'jetseg-benchmark: {line}', file=sys.stderr))
         segmenters[name] = seg
         runners[name] = lambda rgb, seg=seg: seg.segment(rgb).labels
@@ -226,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
                              '(default: all of them, or none with --backend)')
     parser.add_argument('--backend', type=_backend_list, default=[],
                         help=f'comma-separated backends to time side by side ({",".join(BACKENDS)}), '
-                             'e.g. torch,onnxruntime,openvino; after --variants, if given')
+                             'e.g. torch,onnxruntime,openvino,onnxruntime-int8,openvino-int8 (int8: the '
+                             'graph jetseg-export --int8 calibrated for this --checkpoint and --size); '
+                             'after --variants, if given')
     parser.add_argument('--checkpoint', default='untrained',
                         help="'untrained' (default), '' for the shipped weights, or a checkpoint file")
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda', 'auto'))

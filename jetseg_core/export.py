@@ -300,7 +300,7 @@ CALIB_IMAGES = 300
 INT8_OPS = ('Conv',)
 #: Activation ranges cover this percentile of the calibration frames' values (outliers clipped).
 INT8_PERCENTILE = 99.99
-#: Frames whose activations the calibrator holds at once; the frame count is cut to a multiple of it.
+#: Frames whose activations the calibrator holds at once, at most.
 CALIB_CHUNK = 4
 
 
@@ -330,9 +330,9 @@ class CalibrationSet:
         n = len(self._data)
         if n == 0:
             raise ValueError(f'{name} {split}: no images to calibrate on')
-        indices = sorted({int(i) for i in np.linspace(0, n - 1, min(count, n)).round()})
-        self.chunk = min(CALIB_CHUNK, len(indices))
-        self.indices = indices[:len(indices) - len(indices) % self.chunk]
+        self.indices = sorted({int(i) for i in np.linspace(0, n - 1, min(count, n)).round()})
+        # ONNX Runtime reads chunks of equal size: the largest that divides the frame count.
+        self.chunk = max(c for c in range(1, CALIB_CHUNK + 1) if len(self.indices) % c == 0)
         pairs = getattr(self._data, 'pairs', None)
         files = [str(pairs[i][0].name) for i in self.indices] if pairs is not None else []
         chosen = hashlib.sha256('\n'.join(files).encode()).hexdigest()[:16]
