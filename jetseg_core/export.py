@@ -28,9 +28,9 @@ QDQ format, int8 weights per output channel, uint8 activations whose ranges are 
 on ``--calib-images`` frames (default 300, spread evenly over ``--calib-split``, default train) of
 the named data set, resized and normalised as jetseg-eval does (EvalTransform) at the checkpoint's
 input size (or ``--size``). The graph goes into the engine cache (~/.cache/jetseg), under a name
-holding the network, the size and the calibration set, where the Segmenter, the node, jetseg-eval
-and jetseg-benchmark find it with precision 'int8' (backend onnxruntime or openvino);
-``--output FILE.onnx`` also writes it there. Its labels are compared with PyTorch's on generated
+holding the network, the size and the calibration set, where the Segmenter, jetseg-eval and
+jetseg-benchmark find it with precision 'int8' (backend onnxruntime or openvino);
+``--output FILE.onnx`` also writes a copy there. Its labels are compared with PyTorch's on generated
 scenes and the share printed (int8 is not bit-exact: score it with jetseg-eval --precision int8).
 """
 from __future__ import annotations
@@ -523,10 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--dynamic', action='store_true', help='ONNX: any batch, height and width')
     parser.add_argument('--no-fold', action='store_true', help='keep BatchNorm layers separate')
     int8 = parser.add_argument_group(
-        'int8 (CPU engines)', 'calibrate the int8 graph into the engine cache, where precision int8 of '
-        'backend onnxruntime/openvino (Segmenter, node, jetseg-eval --precision int8, jetseg-benchmark '
-        '--backend onnxruntime-int8) finds it; --output .onnx also writes it there, --engine also '
-        'builds that engine')
+        'int8 (CPU engines)', 'calibrate the int8 graph of --checkpoint at --size into the engine cache '
+        '(~/.cache/jetseg), where precision int8 of backend onnxruntime or openvino finds it: '
+        "Segmenter(precision='int8'), jetseg-eval --precision int8, jetseg-benchmark --backend "
+        'onnxruntime-int8,openvino-int8. --output FILE.onnx writes a copy too; --engine openvino also '
+        'compiles its engine ahead of the first start')
     int8.add_argument('--int8', action='store_true',
                       help='post-training static quantisation (needs --calib-dataset)')
     int8.add_argument('--calib-dataset', choices=DATASETS, default=None,
