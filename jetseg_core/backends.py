@@ -19,6 +19,13 @@ engine. A file's name holds a hash of the weights and architecture, the input si
 precision, the engine's version (and, for TensorRT, the GPU) and :data:`GRAPH_VERSION`, so a change
 of any of them builds a new one. Files are written to a temporary name and renamed: two processes
 starting at once both build, and neither ever reads half a file.
+
+Precision 'int8' (ONNX Runtime and OpenVINO) runs a quantised graph that needs calibration frames,
+so it is built ahead of time by ``jetseg-export --int8 --calib-dataset NAME --data-root DIR``
+(:func:`jetseg_core.export.quantize_int8`) into this cache, named after the network, the input size
+and the calibration set (:func:`int8_graph_path`); an engine with precision 'int8' loads the newest
+such graph of its network and size (:func:`find_int8_graph`), and says how to build one if there is
+none. OpenVINO's compiled int8 model is cached under a key holding that graph's name.
 """
 from __future__ import annotations
 
