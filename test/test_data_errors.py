@@ -15,7 +15,8 @@ from jetseg_core.checkpoint import load_checkpoint
 N_IMAGES = 6
 SMALL = ['--dataset', 'folder', '--train-split', 'all', '--val-split', 'all', '--size', '64x64',
          '--batch-size', '2', '--threads', '1', '--no-progress', '--epochs', '1']
-pytestmark = pytest.mark.filterwarnings('ignore:JetLoss class weights span:UserWarning')
+pytestmark = [pytest.mark.filterwarnings('ignore:JetLoss class weights span:UserWarning'),
+              pytest.mark.forks_workers]
 
 
 def _folder(root: Path) -> Path:

@@ -130,6 +130,7 @@ def test_corrupt_image_or_label_file_is_named_in_the_error(camvid_segnet):
         ds.load_labels(2)
 
 
+@pytest.mark.forks_workers
 def test_error_line_takes_the_message_out_of_a_dataloader_worker_traceback(camvid_segnet):
     _save(camvid_segnet / 'trainannot' / 'train0.png', np.full((H, W), 60, np.uint8))
     ds = build_dataset('camvid', camvid_segnet, 'train', transform=EvalTransform((24, 32)))

@@ -25,7 +25,8 @@ TINY = ['--dataset', 'synthetic', '--synthetic-scenes', '8', '--synthetic-val-sc
 STEPS_PER_EPOCH = 2  # 8 scenes / batch 4
 # 8 tiny scenes have few pixels per class, so JetLoss's class weights span ~40x and build_loss says
 # so; that warning has its own test in test_loss.py.
-pytestmark = pytest.mark.filterwarnings('ignore:JetLoss class weights span:UserWarning')
+pytestmark = [pytest.mark.filterwarnings('ignore:JetLoss class weights span:UserWarning'),
+              pytest.mark.forks_workers]  # some runs train in this process with DataLoader workers
 
 
 def _rows(csv_path: Path) -> list[dict[str, str]]:

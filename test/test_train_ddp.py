@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ['--dataset', 'synthetic', '--synthetic-scenes', '8', '--synthetic-val-scenes', '2', '--size', '64x96',
         '--batch-size', '2', '--threads', '1', '--workers', '0', '--no-progress', '--loss', 'ce']
 
+pytestmark = pytest.mark.forks_workers  # in-process training with DataLoader workers
+
 
 def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''),

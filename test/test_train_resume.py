@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from jetseg_core import train
 from jetseg_core.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 
+pytestmark = pytest.mark.forks_workers  # in-process training with DataLoader workers
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 STEPS = 12  # 12 scenes, batch 1
