@@ -1,7 +1,9 @@
 """Fixtures shared by the whole suite."""
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Tests (and the node processes they start with cwd=REPO_ROOT) use the source tree.
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+
+@pytest.fixture(scope='module')
+def module_cache(tmp_path_factory) -> Iterator[Path]:
+    """An engine cache (XDG_CACHE_HOME) for one test module, away from the user's; yields cache/jetseg."""
+    cache = tmp_path_factory.mktemp('xdg_cache')
+    before = os.environ.get('XDG_CACHE_HOME')
+    os.environ['XDG_CACHE_HOME'] = str(cache)
+    yield cache / 'jetseg'
+    if before is None:
+        os.environ.pop('XDG_CACHE_HOME', None)
+    else:
+        os.environ['XDG_CACHE_HOME'] = before
 
 
 @pytest.fixture(scope='session')

@@ -42,17 +42,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA G
 FRAME_SIZES = [(96, 128), (240, 320), (150, 210)]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def module_cache(tmp_path_factory):
-    """One engine cache for the module (tests of the cache itself use their own)."""
-    cache = tmp_path_factory.mktemp('xdg_cache')
-    before = os.environ.get('XDG_CACHE_HOME')
-    os.environ['XDG_CACHE_HOME'] = str(cache)
-    yield cache / 'jetseg'
-    if before is None:
-        os.environ.pop('XDG_CACHE_HOME', None)
-    else:
-        os.environ['XDG_CACHE_HOME'] = before
+# Every test of this module shares one engine cache, away from the user's (conftest.module_cache).
+pytestmark = pytest.mark.usefixtures('module_cache')
 
 
 @pytest.fixture(scope='module')

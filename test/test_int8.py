@@ -3,7 +3,6 @@ into the engine cache; precision 'int8' runs it through the Segmenter, jetseg-ev
 with the same preprocessing and class decision. Real calibration, real engines, generated data."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -32,17 +31,8 @@ INSTALLED_INT8_ENGINES = [
     for name in INT8_ENGINES]
 
 
-@pytest.fixture(scope='module', autouse=True)
-def module_cache(tmp_path_factory):
-    """One engine cache for the module, away from the user's."""
-    cache = tmp_path_factory.mktemp('xdg_cache')
-    before = os.environ.get('XDG_CACHE_HOME')
-    os.environ['XDG_CACHE_HOME'] = str(cache)
-    yield cache / 'jetseg'
-    if before is None:
-        os.environ.pop('XDG_CACHE_HOME', None)
-    else:
-        os.environ['XDG_CACHE_HOME'] = before
+# Every test of this module shares one engine cache, away from the user's (conftest.module_cache).
+pytestmark = pytest.mark.usefixtures('module_cache')
 
 
 @pytest.fixture(scope='module')
