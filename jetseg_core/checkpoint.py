@@ -74,6 +74,7 @@ class CheckpointMeta:
     std: tuple[float, float, float] = DEFAULT_STD
     trained_on: str = 'unknown'
     activation: str = 'reu'
+    decoder_stride: int = 4  # see JetSegProfile.decoder_stride
     package_version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -121,6 +122,9 @@ class CheckpointMeta:
         std = _three_floats(data.get('std', DEFAULT_STD), 'std')
         if min(std) <= 0:
             raise ValueError(f'metadata std must be positive, got {std}')
+        decoder_stride = data.get('decoder_stride', 4)
+        if decoder_stride not in (2, 4) or isinstance(decoder_stride, bool):
+            raise ValueError(f'metadata decoder_stride must be 2 or 4, got {decoder_stride!r}')
         extra = data.get('extra', {})
         if not isinstance(extra, dict):
             raise TypeError('metadata extra must be a JSON object')
@@ -128,7 +132,7 @@ class CheckpointMeta:
                    class_colors=[[int(v) for v in c] for c in colors],
                    input_size=(size[0], size[1]), mean=mean, std=std,
                    trained_on=str(data.get('trained_on', 'unknown')),
-                   activation=str(data.get('activation', 'reu')),
+                   activation=str(data.get('activation', 'reu')), decoder_stride=decoder_stride,
                    package_version=str(data.get('package_version', 'unknown')), extra=extra)
 
 
@@ -341,7 +345,8 @@ def load_checkpoint(path: str | os.PathLike, *, profile: str | None = None,
     meta = _parse_meta(path, metadata)
     _check_expected(path, meta, profile, num_classes)
     try:
-        model = build_model(meta.profile, meta.num_classes, activation=meta.activation)
+        model = build_model(meta.profile, meta.num_classes, activation=meta.activation,
+                            decoder_stride=meta.decoder_stride)
     except (ValueError, KeyError) as exc:
         raise CheckpointError(path, f'cannot build the network it describes: {exc}') from None
     expected = model.state_dict()

@@ -79,6 +79,9 @@ def build_parser() -> OneLineParser:
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('--profile', default='nano', help='model profile: nano, agx or workstation')
     p.add_argument('--activation', default='reu', help='activation of the network')
+    p.add_argument('--decoder-stride', type=int, default=4, choices=(2, 4),
+                   help="resolution of the decoder's shallow branch: 1/4 (RegSeg-like) or 1/2 (like the "
+                        "authors' decoder)")
     p.add_argument('--dataset', default='synthetic', choices=DATASETS)
     p.add_argument('--data-root', type=Path, default=None, help='dataset directory (all but synthetic)')
     p.add_argument('--train-split', default='train')
@@ -125,9 +128,9 @@ def build_parser() -> OneLineParser:
 
 #: Flags that define a run: on --resume they default to the checkpoint's values, and a different
 #: value given on the command line is an error.
-RUN_FLAGS = ('profile', 'activation', 'dataset', 'train_split', 'size', 'synthetic_scenes', 'loss',
-             'class_weights', 'optimizer', 'schedule', 'lr', 'weight_decay', 'momentum', 'warmup', 'seed',
-             'batch_size', 'scale', 'no_augment')
+RUN_FLAGS = ('profile', 'activation', 'decoder_stride', 'dataset', 'train_split', 'size', 'synthetic_scenes',
+             'loss', 'class_weights', 'optimizer', 'schedule', 'lr', 'weight_decay', 'momentum', 'warmup',
+             'seed', 'batch_size', 'scale', 'no_augment')
 
 
 def explicit_flags(argv: Sequence[str] | None) -> set[str]:
@@ -163,7 +166,7 @@ def _stored_run(meta: Any, state: dict[str, Any]) -> dict[str, Any]:
     if isinstance(state.get('run'), dict):
         return {k: v for k, v in state['run'].items() if k in RUN_FLAGS}
     stored: dict[str, Any] = {'profile': meta.profile, 'activation': meta.activation,
-                              'size': list(meta.input_size)}
+                              'decoder_stride': meta.decoder_stride, 'size': list(meta.input_size)}
     for key in ('dataset', 'loss', 'optimizer', 'schedule', 'lr', 'weight_decay', 'seed'):
         if key in meta.extra:
             stored[key] = meta.extra[key]
@@ -726,7 +729,8 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
                       is_main=dist.is_main)
     num_classes = len(data.class_names)
     try:
-        model = build_model(args.profile, num_classes, activation=args.activation)
+        model = build_model(args.profile, num_classes, activation=args.activation,
+                            decoder_stride=args.decoder_stride)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     optimizer = build_optimizer(model, args)
@@ -784,7 +788,7 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
     meta_base = {'profile': args.profile, 'num_classes': num_classes, 'class_names': data.class_names,
                  'class_colors': data.class_colors, 'input_size': tuple(args.size),
                  'mean': list(DEFAULT_MEAN), 'std': list(DEFAULT_STD), 'activation': args.activation,
-                 'package_version': _package_version()}
+                 'decoder_stride': args.decoder_stride, 'package_version': _package_version()}
 
     augment = 'none' if args.no_augment else f'scale {args.scale[0]:g}-{args.scale[1]:g}, hflip, jitter'
     budget_s = args.time_budget * 60 if args.time_budget is not None else None

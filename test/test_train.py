@@ -165,6 +165,16 @@ def test_camvid32_trains_31_classes_without_void(tmp_path: Path):
     assert model(torch.zeros(1, 3, 64, 64)).shape[1] == 31
 
 
+def test_authors_like_decoder_stride_is_trained_stored_and_rebuilt_from_the_checkpoint(tmp_path: Path):
+    out = tmp_path / 'stride2'
+    assert train.main([*TINY, '--epochs', '1', '--decoder-stride', '2', '--output', str(out)]) == 0
+    model, meta = load_checkpoint(out / 'best.safetensors')
+    assert meta.decoder_stride == 2 and model.settings.decoder_stride == 2
+    with torch.no_grad():
+        coarse = model.coarse_logits(torch.zeros(1, 3, 64, 96))
+    assert coarse.shape[-2:] == (32, 48)  # 1/2 of the input, where the default decoder gives 1/4
+
+
 def test_missing_data_root_exits_2_with_one_line(tmp_path: Path, capsys):
     rc = train.main(['--dataset', 'camvid', '--data-root', str(tmp_path / 'nowhere'),
                      '--output', str(tmp_path)])

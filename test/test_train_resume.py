@@ -158,7 +158,7 @@ def test_resume_takes_the_checkpoint_flags_and_refuses_conflicting_ones(referenc
     base = ['--dataset', 'synthetic', '--synthetic-scenes', str(STEPS), '--synthetic-val-scenes', '2',
             '--threads', '1', '--workers', '0', '--no-progress', '--resume', str(reference)]
     for flag, value in (('--lr', '0.01'), ('--activation', 'tanhexp'), ('--size', '64x96'), ('--seed', '6'),
-                        ('--optimizer', 'sgd')):
+                        ('--optimizer', 'sgd'), ('--decoder-stride', '2')):
         rc = train.main([*base, '--epochs', str(EPOCHS + 1), flag, value, '--output', str(tmp_path / 'x')])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2, flag
