@@ -6,6 +6,7 @@ confusion matrix (rows normalised: where each true class goes) and optionally wr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -158,12 +159,16 @@ class EngineModel(torch.nn.Module):
         return F.interpolate(self.engine(x).float(), size=x.shape[-2:], mode='bilinear', align_corners=False)
 
 
-def _engine_model(backend: str, model: torch.nn.Module, size: tuple[int, int], device: str,
+def _engine_model(backend: str, model: torch.nn.Module, meta: Any, size: tuple[int, int], device: str,
                   threads: int | None, precision: str = 'auto'
                   ) -> tuple[torch.nn.Module, torch.device | None, str]:
-    """(model, its device, backend label) for ``--backend``; the model itself when that is torch."""
-    from .backends import INT8_ENGINES, create_engine, resolve_backend
-    from .fuse import fold_batchnorm
+    """(model, its device, backend label) for ``--backend``; the model itself when that is torch.
+
+    The engine is the one the Segmenter builds (same graph, precision and cache), so the score is
+    what jetseg-predict and the node compute.
+    """
+    from .backends import INT8_ENGINES, resolve_backend
+    from .inference import Segmenter
 
     try:
         name, dev = resolve_backend(backend, device)
@@ -172,14 +177,12 @@ def _engine_model(backend: str, model: torch.nn.Module, size: tuple[int, int], d
                              f"(or auto on CPU), not '{name}'")
         if name == 'torch':
             return model, None, 'torch'
-        if precision == 'auto':
-            precision = 'fp16' if dev.startswith('cuda') else 'fp32'
-        engine = create_engine(name, fold_batchnorm(model), size, device=dev, precision=precision,
-                               num_threads=threads,
-                               log=lambda line: print(f'jetseg-eval: {line}', file=sys.stderr))
+        seg = Segmenter(model, dataclasses.replace(meta, input_size=size), device=dev, precision=precision,
+                        num_threads=threads, backend=name,
+                        log=lambda line: print(f'jetseg-eval: {line}', file=sys.stderr))
     except ValueError as exc:  # BackendUnavailable: not installed, or no device for it
         raise UsageError(str(exc).splitlines()[0]) from None
-    return EngineModel(engine), torch.device(dev), engine.label
+    return EngineModel(seg.engine), torch.device(dev), seg.backend
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -216,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         backend = 'torch'
         if args.backend != 'torch' or args.precision == 'int8':
-            model, on, backend = _engine_model(args.backend, model, size, args.device, args.threads,
+            model, on, backend = _engine_model(args.backend, model, meta, size, args.device, args.threads,
                                                args.precision)
             device = on or device
         try:
