@@ -122,7 +122,10 @@ class JetLoss(nn.Module):
         if bool(bad.any()):
             raise ValueError(f'target holds labels outside 0..{self.num_classes - 1} (and not ignore '
                              f'{self.ignore_index})')
-        probs = logits.float().softmax(dim=1)
+        # One log-softmax serves both the soft counts and CE: a second softmax pass and its backward
+        # cost more than the exp (softmax over the channel dim of N x C x H x W is a strided pass).
+        log_probs = logits.float().log_softmax(dim=1)
+        probs = log_probs.exp()
         tp, fp, fn = soft_counts(probs, target, self.ignore_index)
         s = self.smooth
         w = self.class_weights.to(probs.device)
@@ -143,7 +146,7 @@ class JetLoss(nn.Module):
             'iou': weighted((tp + s) / (predicted + fn + s + eps)),
         }
         if self.ce_weight > 0:
-            nll = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction='none')
+            nll = F.nll_loss(log_probs, target, ignore_index=self.ignore_index, reduction='none')
             valid = target != self.ignore_index
             pixel_w = self.class_weights.to(probs.device)[torch.where(valid, target, 0)] * valid
             out['ce'] = (nll * pixel_w).sum() / pixel_w.sum().clamp_min(1e-12)

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Training throughput per profile: the plain dilated depthwise convs against the training path
-of :class:`jetseg_core.layers.DilatedDepthwiseConv`, interleaved in one process.
+"""Training throughput per profile: plain autograd against the training paths of
+:class:`jetseg_core.layers.DilatedDepthwiseConv` (undilated forms of the dilated depthwise convs)
+and :class:`jetseg_core.layers.REU` (a hand-written backward), interleaved in one process.
 
 One step is what ``jetseg-train`` does per batch: forward, JetLoss+CE, backward, AdamW update, on
 random images (throughput does not depend on the pixels). Prints images/s (median over the timed
@@ -21,15 +22,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from jetseg_core.cli import parse_size
-from jetseg_core.layers import DilatedDepthwiseConv
+from jetseg_core.layers import REU, DilatedDepthwiseConv
 from jetseg_core.loss import build_loss
 from jetseg_core.model import build_model
 
-VARIANTS = {'plain dilated': False, 'training path': True}
+VARIANTS = {'plain autograd': False, 'training path': True}
+TRAINING_PATHS = (DilatedDepthwiseConv, REU)  # the layers with a switchable training path
 
 
 def step_seconds(model, criterion, optimizer, images, labels, fast: bool) -> float:
-    DilatedDepthwiseConv.fast_training = fast
+    for layer in TRAINING_PATHS:
+        layer.fast_training = fast
     t0 = time.perf_counter()
     loss = criterion(model(images), labels)
     optimizer.zero_grad(set_to_none=True)
@@ -65,9 +68,10 @@ def main() -> None:
                 if i:  # the first round warms up allocator and kernels
                     times[name].append(t)
         rates = {v: args.batch_size / statistics.median(t) for v, t in times.items()}
-        plain, fast = rates['plain dilated'], rates['training path']
+        plain, fast = rates['plain autograd'], rates['training path']
         print(f'| {profile} | {plain:.2f} | {fast:.2f} | {fast / plain:.2f}x |', flush=True)
-    DilatedDepthwiseConv.fast_training = True
+    for layer in TRAINING_PATHS:
+        layer.fast_training = True
 
 
 if __name__ == '__main__':

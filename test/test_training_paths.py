@@ -1,11 +1,12 @@
-"""The training path of the dilated depthwise convs gives the plain dilated conv's outputs and gradients."""
+"""The training paths (undilated forms of the dilated depthwise convs, REU's hand-written backward)
+give plain autograd's outputs and gradients."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from jetseg_core.layers import DilatedDepthwiseConv, JetConv, spaced_kernel, width_subgrid_conv
+from jetseg_core.layers import REU, DilatedDepthwiseConv, JetConv, spaced_kernel, width_subgrid_conv
 from jetseg_core.model import build_model
 
 
@@ -68,19 +69,40 @@ def test_width_subgrid_conv_equals_a_width_dilated_conv_with_bias():
                                F.conv2d(x, w, b, padding=(0, 4), dilation=(1, 2), groups=4))
 
 
+def test_reu_backward_equals_autograds_and_inference_keeps_the_plain_expression():
+    x = torch.cat([torch.linspace(-30, 5, 999), torch.zeros(1)]).double()
+    outputs = []
+    for fast in (False, True):
+        xi = x.clone().requires_grad_(True)
+        REU.fast_training = fast
+        try:
+            y = REU()(xi)
+        finally:
+            REU.fast_training = True
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype)).sum().backward()
+        outputs.append((y.detach(), xi.grad, y.grad_fn.name()))
+    (y0, g0, node0), (y1, g1, node1) = outputs
+    assert node0 == 'MulBackward0' and node1 != node0  # the hand-written backward ran
+    torch.testing.assert_close(y1, y0, rtol=0, atol=0)
+    torch.testing.assert_close(g1, g0, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(REU(), (torch.randn(20, dtype=torch.double, requires_grad=True),))
+    with torch.no_grad():
+        assert REU()(x.requires_grad_(True)).grad_fn is None
+
+
 @pytest.mark.parametrize('profile', ['nano', 'agx'])
-def test_a_training_step_gives_the_plain_convs_gradients(profile):
+def test_a_training_step_gives_plain_autograds_gradients(profile):
     torch.manual_seed(0)
     model = build_model(profile, 5).train()
     x, y = torch.randn(2, 3, 64, 96), torch.randint(0, 5, (2, 64, 96))
     grads = []
     for fast in (False, True):
-        DilatedDepthwiseConv.fast_training = fast
+        DilatedDepthwiseConv.fast_training = REU.fast_training = fast
         try:
             model.zero_grad()
             F.cross_entropy(model(x), y).backward()
         finally:
-            DilatedDepthwiseConv.fast_training = True
+            DilatedDepthwiseConv.fast_training = REU.fast_training = True
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert grads[0].abs().max() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5 * float(grads[0].abs().max()))
