@@ -267,7 +267,6 @@ class Recorder:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy
-        from sensor_msgs.msg import Image
 
         from jetseg_ros.msg import ClassInfo, SegmentationLatency
 
@@ -298,10 +297,13 @@ class Recorder:
         sub = self.node.create_subscription
         sub(SegmentationLatency, f'{prefix}/{NODE_NAME}/latency', self._on_latency, reliable)
         sub(ClassInfo, f'{prefix}/{NODE_NAME}/class_info', self._on_class_info, latched)
-        if with_images:
-            sub(Image, f'{prefix}/camera/image_raw', self._on_input, images)
-            sub(Image, f'{prefix}/{NODE_NAME}/color_mask', self._on_mask, images)
-            sub(Image, f'{prefix}/{NODE_NAME}/overlay', self._on_overlay, images)
+        # The image subscriptions start once the node is ready (its class_info arrives): an image
+        # source that waits for its first subscriber (the launch files' wait_for_subscribers: 1)
+        # would otherwise start for this recorder and send its frames before the node listens.
+        self._image_topics = [(f'{prefix}/camera/image_raw', self._on_input),
+                              (f'{prefix}/{NODE_NAME}/color_mask', self._on_mask),
+                              (f'{prefix}/{NODE_NAME}/overlay', self._on_overlay)] if with_images else []
+        self._image_qos = images
         (out_dir / 'frames').mkdir(parents=True, exist_ok=True)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -323,7 +325,12 @@ class Recorder:
 
     def _on_class_info(self, msg: Any) -> None:
         with self.lock:
+            first = self.class_info is None
             self.class_info = msg
+        if first:
+            from sensor_msgs.msg import Image
+            for topic, callback in self._image_topics:
+                self.node.create_subscription(Image, topic, callback, self._image_qos)
 
     def _on_input(self, msg: Any) -> None:
         rgb = self._rgb(msg)
