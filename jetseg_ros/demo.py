@@ -145,7 +145,9 @@ class Child:
                 self.proc.send_signal(signal.SIGINT)
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                # The whole group (its own session): a SIGKILLed ros2 launch would leave its nodes running.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
             except ProcessLookupError:
                 pass
