@@ -32,7 +32,8 @@ def test_ctrl_c_in_the_terminal_stops_the_pipeline_cleanly():
         rc = launch.wait(60)
         out = launch.output
         assert rc == 0, f'ros2 launch exit code {rc}:\n{out}'
-        assert 'user interrupted with ctrl-c' in out, out  # launch still saw the SIGINT itself
+        # Launch's own 'user interrupted with ctrl-c' line is not asserted: when both processes exit
+        # on the group's SIGINT before launch's loop reads its wake-up fd, launch ends without it.
         assert out.count('process has finished cleanly') == 2, out
         assert 'Traceback' not in out and 'has died' not in out and 'Task was destroyed' not in out, out
     finally:
