@@ -20,8 +20,9 @@ Variants:
 
 Backends (``--backend torch,openvino,onnxruntime``; see jetseg_core.backends): the Segmenter with
 each backend, side by side with the same preprocessing and class decision; on their own unless
-``--variants`` is given too. ``openvino+rewrites`` gives an engine the graph with the CPU rewrites
-(dense 1x1 convs, no shuffles, undilated) instead of the plain folded one. ``onnxruntime-int8`` and
+``--variants`` is given too. An engine runs the graph the Segmenter gives it by default (OpenVINO
+fp32: with the CPU rewrites, i.e. dense 1x1 convs, no shuffles, undilated; the others: the plain
+folded one); ``+rewrites`` or ``+plain`` after its name chooses the graph. ``onnxruntime-int8`` and
 ``openvino-int8`` run the int8 graph ``jetseg-export --int8`` calibrated for the same ``--checkpoint``
 and ``--size`` (calibrate it first). The header gives the
 network's params and GMACs; every row its median and p90, and the share of pixels whose labels
@@ -49,6 +50,8 @@ from jetseg_core.profiles import DEFAULT_PRECISION, resolve_thread_setting
 
 VARIANTS = ('eager', 'unfolded', 'folded', 'rewritten', 'graph')
 REWRITTEN = '+rewrites'  # an engine given the CPU-rewritten graph (dense 1x1s, no shuffles, undilated)
+PLAIN = '+plain'  # an engine given the plain folded graph
+GRAPHS = {REWRITTEN: True, PLAIN: False}
 INT8 = '-int8'  # a CPU engine on the int8 graph jetseg-export --int8 calibrated (precision 'int8')
 
 
@@ -61,15 +64,19 @@ def _variant_list(text: str) -> list[str]:
     return names
 
 
+def _graph_suffix(name: str) -> str:
+    return next((s for s in GRAPHS if name.endswith(s)), '')
+
+
 def _backend_list(text: str) -> list[str]:
-    """'torch,openvino,openvino+rewrites' -> names; '+rewrites' gives an engine the rewritten graph."""
+    """'torch,openvino,openvino+plain' -> names; '+rewrites' / '+plain' choose an engine's graph."""
     names = [v.strip().lower() for v in text.split(',') if v.strip()]
-    bad = [n for n in names if n.removesuffix(REWRITTEN) not in BACKENDS
+    bad = [n for n in names if n.removesuffix(_graph_suffix(n)) not in BACKENDS
            and n.removesuffix(INT8) not in INT8_ENGINES
-           or (n.endswith(REWRITTEN) and n.removesuffix(REWRITTEN) in ('torch', 'auto'))]
+           or (_graph_suffix(n) and n.removesuffix(_graph_suffix(n)) in ('torch', 'auto'))]
     if bad or not names or len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"bad backend list {text!r} (each once, from {', '.join(BACKENDS)}; "
-                                         f"an engine may take '{REWRITTEN}', "
+                                         f"an engine may take '{REWRITTEN}' or '{PLAIN}', "
                                          f"{' and '.join(INT8_ENGINES)} '{INT8}')")
     return names
 
@@ -137,8 +144,9 @@ def run_benchmark(profile: str, size: tuple[int, int], frame_size: tuple[int, in
             segmenters[name] = seg
             runners[name] = lambda rgb, seg=seg: seg.segment(rgb).labels
     for name in backends:
-        seg = Segmenter(model, meta, device=device, backend=name.removesuffix(REWRITTEN).removesuffix(INT8),
-                        cpu_rewrites=True if name.endswith(REWRITTEN) else None,
+        suffix = _graph_suffix(name)
+        seg = Segmenter(model, meta, device=device, backend=name.removesuffix(suffix).removesuffix(INT8),
+                        cpu_rewrites=GRAPHS.get(suffix),
                         precision='int8' if name.endswith(INT8) else DEFAULT_PRECISION,
                         log=lambda line: print(f'jetseg-benchmark: {line}', file=sys.stderr))
         segmenters[name] = seg

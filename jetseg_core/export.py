@@ -18,9 +18,8 @@ mean/std, input size) travels inside the file as JSON (ONNX metadata ``jetseg_me
 .pt/.pt2). Every ONNX file passes the ONNX checker and is run (ONNX Runtime, else OpenVINO) on
 generated street scenes: its labels must equal PyTorch's on at least 99.9 % of the pixels.
 
-The exported network is the plain folded one: the CPU rewrites of jetseg_core.fuse are
-PyTorch-specific (exp2 has no ONNX operator; dense 1x1 and undilated convs suit PyTorch's
-kernels); ONNX Runtime, OpenVINO and TensorRT fuse the graph themselves.
+The exported network is the plain folded one, which every runtime reads (the OpenVINO engine
+the Segmenter caches is built from the CPU-rewritten network instead, see jetseg_core.backends).
 
 int8 (``--int8 --calib-dataset NAME --data-root DIR``): post-training static quantisation of
 the graph the CPU engines run (coarse logits, N x h x w x C), with ONNX Runtime's quantize_static:

@@ -268,9 +268,10 @@ class Segmenter:
     else (preprocessing, class decision, outputs) is the same code for every backend. An engine is
     built on first use and cached (``~/.cache/jetseg``); ``log`` gets a line when one is built.
     A backend that cannot run here raises :class:`~jetseg_core.backends.BackendUnavailable`
-    (a ValueError). ``backend`` (the property) names what runs, e.g. 'openvino-fp32'. Engines get the
-    plain folded network; ``cpu_rewrites=True`` gives them the rewritten one instead (dense 1x1s, no
-    shuffles, undilated; not exp2, which ONNX lacks), for benchmarks to compare.
+    (a ValueError). ``backend`` (the property) names what runs, e.g. 'openvino-fp32-cpurewrites'.
+    OpenVINO in fp32 gets the rewritten network (dense 1x1s, no shuffles, undilated; not exp2, which
+    ONNX lacks), the other engines the plain folded one; ``cpu_rewrites`` overrides that, for
+    benchmarks to compare.
     """
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, device: str = 'auto',
@@ -289,7 +290,10 @@ class Segmenter:
         # Engines read a plain N x 3 x H x W float32 input.
         self.channels_last = not engine if channels_last is None else bool(channels_last)
         self.torchscript = on_cpu if torchscript is None else bool(torchscript) and not engine
-        self.cpu_rewrites = on_cpu if cpu_rewrites is None else bool(cpu_rewrites)
+        # OpenVINO runs the rewritten graph 1.3-1.4x faster than the plain one, ONNX Runtime no faster
+        # (docs/performance.md#backends); the int8 graph is calibrated on the plain one.
+        rewrites_pay = on_cpu or (self.backend_name == 'openvino' and self.precision != 'int8')
+        self.cpu_rewrites = rewrites_pay if cpu_rewrites is None else bool(cpu_rewrites)
         self.meta = copy.deepcopy(meta)  # input buffers follow its input_size: keep a private copy
         self.fold_bn = bool(fold_bn)
         self._dtype = torch.float16 if self.precision == 'fp16' and not engine else torch.float32
@@ -370,7 +374,7 @@ class Segmenter:
 
     @property
     def backend(self) -> str:
-        """What runs the network: the engine ('openvino-fp32', 'tensorrt-fp16', ...) or torch's variant."""
+        """What runs the network: the engine ('openvino-fp32-cpurewrites', 'tensorrt-fp16') or torch's."""
         if self._engine is not None:
             return self._engine.label + ('-cpurewrites' if self.cpu_rewrites else '')
         parts = ['torchscript' if self.torchscript else 'torch', self.precision]
