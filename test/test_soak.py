@@ -71,10 +71,32 @@ def test_results_are_written_as_csv_markdown_and_png(soak, tmp_path):
     samples[-1] = replace(samples[-1], p95_ms=90.0)
     verdicts = soak.check_targets(samples, _latency(2), [], 120)
     args = Namespace(width=640, height=480, rate=30.0, minutes=2.0, sample_every=10.0)
-    soak.write_results(tmp_path, args, samples, verdicts, [])
+    soak.write_results(tmp_path, args, samples, verdicts, [], _latency(2))
     rows = list(csv.DictReader((tmp_path / 'soak.csv').open()))
     assert len(rows) == 12 and float(rows[-1]['p95_ms']) == 90.0
     text = (tmp_path / 'soak.md').read_text()
     assert '| RSS growth after the first minute < 10 MB |' in text and 'PASS' in text
     assert '| 10 | 400.0 | 23 | 23 |' in text and '| 120 | 400.0 |' in text  # the per-sample table
+    assert 'steal (%)' in text and '0 of 12 windows disturbed' in text
     assert (tmp_path / 'soak.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_windows_other_tenants_disturbed_are_left_out_of_the_informational_p95(soak):
+    latency = _latency(12)
+    t = np.asarray(latency['t'])
+    spike = (t >= 600) & (t < 630)  # 30 s in the last 5 minutes where every frame took 3x as long
+    latency['total'] = np.where(spike, np.asarray(latency['total']) * 3, latency['total']).tolist()
+    samples = _samples(soak)
+    verdicts = {v.target.split(' ')[0]: v.passed for v in soak.check_targets(samples, latency, [], 12 * 60)}
+    assert not verdicts['p95']
+    assert '0 of 72 windows disturbed' in soak.undisturbed_p95(samples, latency, 12 * 60)
+    # the hypervisor gave those 30 s to other guests, or other processes used the CPU: left out
+    for field in ('steal_pct', 'foreign_cores'):
+        marked = [replace(s, **{field: 12.0}) if 600 < s.t_s <= 630 else s for s in samples]
+        text = soak.undisturbed_p95(marked, latency, 12 * 60)
+        assert '3 of 72 windows disturbed' in text and '(+0.0%)' in text, text
+
+
+def test_host_cpu_seconds_reads_this_machine(soak):
+    busy, stolen, total = soak.host_cpu_seconds()
+    assert 0 < busy < total and 0 <= stolen < total
