@@ -18,7 +18,10 @@ which no node can avoid. Each sample therefore also records the CPU the hypervis
 guests (steal, from /proc/stat) and the CPU used by processes outside the soak; a window with
 steal >= 5 % of the machine or >= 0.25 core used by others counts as disturbed. The p95 target is
 judged on every window, and printed once more over the undisturbed windows only (information,
-not a target), so a failure can be told apart from a drift of the node.
+not a target), so a failure can be told apart from a drift of the node. A co-tenant can also slow
+the shared caches and memory without taking CPU time; the network's inference time, the same
+arithmetic on every frame, measures the machine's own speed, and a last information line puts the
+p95 change beside it.
 
 Exit status 0 when every target passes. Node start-up and camera code are scripts/benchmark_node.py's.
 
@@ -106,6 +109,7 @@ class Sample:
     log_errors: int
     steal_pct: float = 0.0  # CPU time the hypervisor gave other guests, % of all cores (/proc/stat)
     foreign_cores: float = 0.0  # cores used by processes outside the soak (other tenants' jobs)
+    inference_p50_ms: float = math.nan  # the network's time: the same work every frame, the machine's speed
 
     @property
     def disturbed(self) -> bool:
@@ -202,6 +206,7 @@ def run(args: argparse.Namespace, out: Path) -> tuple[list[Sample], dict[str, li
             fds, threads = tree_handles(node.proc.pid)
             n = len(lat.total)
             window = lat.total[seen:n]
+            inference = lat.inference[seen:n]
             seen = n
             last = lat.last
             counts = dict(counter.counts)
@@ -220,7 +225,8 @@ def run(args: argparse.Namespace, out: Path) -> tuple[list[Sample], dict[str, li
                 frames_dropped=int(last.frames_dropped), frames_rejected=int(last.frames_rejected),
                 log_errors=len(log_errors(node.log_path)),
                 steal_pct=round(100.0 * stolen / total, 1) if total else 0.0,
-                foreign_cores=round(foreign, 2), **delta)
+                foreign_cores=round(foreign, 2),
+                inference_p50_ms=round(float(np.median(inference)), 2) if inference else math.nan, **delta)
             samples.append(sample)
             print(f'  {sample.t_s:7.1f} s  RSS {sample.rss_mb:7.1f} MB  fds {fds:3d}  threads {threads:3d}  '
                   f'p50 {sample.p50_ms:6.1f}  p95 {sample.p95_ms:6.1f} ms  {sample.output_hz:5.1f} Hz  '
@@ -230,7 +236,9 @@ def run(args: argparse.Namespace, out: Path) -> tuple[list[Sample], dict[str, li
             if now - started >= duration - 1e-6:
                 break
         arrivals = [t - started for t in lat.arrivals[:len(lat.total)]]
-        return samples, {'t': arrivals, 'total': list(lat.total[:len(arrivals)])}, log_errors(node.log_path)
+        latency = {'t': arrivals, 'total': list(lat.total[:len(arrivals)]),
+                   'inference': list(lat.inference[:len(arrivals)])}
+        return samples, latency, log_errors(node.log_path)
     finally:
         for child in reversed(children):
             child.stop()
@@ -244,20 +252,20 @@ class Verdict:
     passed: bool
 
 
-def p95_drift(latency: dict[str, list[float]], duration_s: float,
-              keep: np.ndarray | None = None) -> tuple[float, float, float, float]:
-    """(window s, p95 of the first window, of the last, relative change) over the frames ``keep``
-    selects (all by default)."""
+def p95_drift(latency: dict[str, list[float]], duration_s: float, keep: np.ndarray | None = None,
+              figure: str = 'total', q: float = 95) -> tuple[float, float, float, float]:
+    """(window s, the q-th percentile of ``figure`` over the first window, over the last, relative
+    change) over the frames ``keep`` selects (all by default); end-to-end p95 unless told."""
     window = min(WINDOW_MAX_S, duration_s / 2)
     t = np.asarray(latency['t'])
-    total = np.asarray(latency['total'])
+    values = np.asarray(latency[figure])
     keep = np.ones(t.shape, bool) if keep is None else keep
-    first = total[keep & (t >= 0) & (t < window)]
-    last = total[keep & (t >= t.max() - window)] if t.size else total
-    p95_first = float(np.percentile(first, 95)) if first.size else math.nan
-    p95_last = float(np.percentile(last, 95)) if last.size else math.nan
-    drift = (p95_last - p95_first) / p95_first if p95_first > 0 else math.nan
-    return window, p95_first, p95_last, drift
+    first = values[keep & (t >= 0) & (t < window)]
+    last = values[keep & (t >= t.max() - window)] if t.size else values
+    p_first = float(np.percentile(first, q)) if first.size else math.nan
+    p_last = float(np.percentile(last, q)) if last.size else math.nan
+    drift = (p_last - p_first) / p_first if p_first > 0 else math.nan
+    return window, p_first, p_last, drift
 
 
 def check_targets(samples: list[Sample], latency: dict[str, list[float]], errors: list[str],
@@ -300,6 +308,19 @@ def undisturbed_p95(samples: list[Sample], latency: dict[str, list[float]], dura
             f'ones: {p95_first:.1f} -> {p95_last:.1f} ms ({drift:+.1%})')
 
 
+def machine_speed(latency: dict[str, list[float]], duration_s: float) -> str:
+    """The network's inference p50, first window against last (the machine's own speed: the network
+    does the same arithmetic on every frame), and the end-to-end p95 change once that is divided out
+    (information)."""
+    if not latency.get('inference'):
+        return 'no inference times recorded'
+    _, first, last, slowdown = p95_drift(latency, duration_s, figure='inference', q=50)
+    _, _, _, drift = p95_drift(latency, duration_s)
+    beyond = (1 + drift) / (1 + slowdown) - 1
+    return (f'network inference p50 (the same work every frame: the machine speed) {first:.1f} -> '
+            f'{last:.1f} ms ({slowdown:+.1%}); end-to-end p95 change beyond the machine speed: {beyond:+.1%}')
+
+
 def write_results(out: Path, args: argparse.Namespace, samples: list[Sample], verdicts: list[Verdict],
                   errors: list[str], latency: dict[str, list[float]]) -> None:
     fields = list(asdict(samples[0]))
@@ -311,15 +332,16 @@ def write_results(out: Path, args: argparse.Namespace, samples: list[Sample], ve
              '| target | measured | result |', '|---|---|---|']
     lines += [f'| {v.target} | {v.value} | {"PASS" if v.passed else "FAIL"} |' for v in verdicts]
     last = samples[-1]
-    lines += ['', undisturbed_p95(samples, latency, args.minutes * 60.0) + '.']
+    lines += ['', undisturbed_p95(samples, latency, args.minutes * 60.0) + '.', '',
+              machine_speed(latency, args.minutes * 60.0) + '.']
     lines += ['', f'Frames in {last.frames_in}, processed {last.frames_processed}, '
               f'dropped {last.frames_dropped}, rejected {last.frames_rejected}.', '',
-              '| t (s) | RSS (MB) | fds | threads | p50 (ms) | p95 (ms) | output (Hz) | dropped '
-              '| log errors | steal (%) | others (cores) |',
-              '|---|---|---|---|---|---|---|---|---|---|---|']
+              '| t (s) | RSS (MB) | fds | threads | p50 (ms) | p95 (ms) | inference p50 (ms) | output (Hz) '
+              '| dropped | log errors | steal (%) | others (cores) |',
+              '|---|---|---|---|---|---|---|---|---|---|---|---|']
     lines += [f'| {s.t_s:.0f} | {s.rss_mb:.1f} | {s.fds} | {s.threads} | {s.p50_ms:.1f} | {s.p95_ms:.1f} | '
-              f'{s.output_hz:.1f} | {s.frames_dropped} | {s.log_errors} | {s.steal_pct:.1f} | '
-              f'{s.foreign_cores:.2f} |' for s in samples]
+              f'{s.inference_p50_ms:.1f} | {s.output_hz:.1f} | {s.frames_dropped} | {s.log_errors} | '
+              f'{s.steal_pct:.1f} | {s.foreign_cores:.2f} |' for s in samples]
     if errors:
         lines += ['', 'Node log errors:', ''] + [f'    {e}' for e in errors[:20]]
     (out / 'soak.md').write_text('\n'.join(lines) + '\n')
@@ -338,6 +360,8 @@ def plot(path: Path, samples: list[Sample], args: argparse.Namespace) -> None:
     ax_rss.grid(alpha=0.3)
     ax_p95.plot(minutes, [s.p95_ms for s in samples], color='tab:red', label='p95')
     ax_p95.plot(minutes, [s.p50_ms for s in samples], color='tab:gray', label='p50')
+    ax_p95.plot(minutes, [s.inference_p50_ms for s in samples], color='tab:green', ls=':',
+                label='inference p50 (machine speed)')
     start = 0.0
     for s in samples:
         if s.disturbed:
@@ -347,8 +371,8 @@ def plot(path: Path, samples: list[Sample], args: argparse.Namespace) -> None:
     ax_p95.set_xlabel('minutes')
     ax_p95.legend(loc='upper right')
     ax_p95.grid(alpha=0.3)
-    fig.suptitle(f'jetseg nano node soak: {args.width}x{args.height} at {args.rate:g} Hz, '
-                 f'sampled every {args.sample_every:g} s (orange: CPU taken by other tenants)')
+    fig.suptitle(f'nano node soak, {args.width}x{args.height} at {args.rate:g} Hz, sampled every '
+                 f'{args.sample_every:g} s\n(orange: CPU taken by other tenants)', fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -373,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     for v in verdicts:
         print(f"{'PASS' if v.passed else 'FAIL'}  {v.target}: {v.value}")
     print(f'info  {undisturbed_p95(samples, latency, args.minutes * 60.0)}')
+    print(f'info  {machine_speed(latency, args.minutes * 60.0)}')
     print(f'results: {out}/soak.csv, soak.md, soak.png')
     return 0 if all(v.passed for v in verdicts) else 1
 

@@ -36,11 +36,13 @@ def _samples(soak, minutes: float = 12, rss_growth: float = 0.0, fds_jump: int =
     return out
 
 
-def _latency(minutes: float, slower_last: float = 1.0):
+def _latency(minutes: float, slower_last: float = 1.0, machine_slower_last: float = 1.0):
     t = np.arange(0, minutes * 60, 1 / 30)
     total = 50 + 30 * (np.arange(t.size) % 20 == 0)  # p95 = 80 ms
-    total = np.where(t >= t.max() - min(300, minutes * 30), total * slower_last, total)
-    return {'t': t.tolist(), 'total': total.tolist()}
+    last = t >= t.max() - min(300, minutes * 30)
+    total = np.where(last, total * slower_last * machine_slower_last, total)
+    inference = np.where(last, 20.0 * machine_slower_last, 20.0)
+    return {'t': t.tolist(), 'total': total.tolist(), 'inference': inference.tolist()}
 
 
 def _verdicts(soak, **kw):
@@ -77,7 +79,7 @@ def test_results_are_written_as_csv_markdown_and_png(soak, tmp_path):
     text = (tmp_path / 'soak.md').read_text()
     assert '| RSS growth after the first minute < 10 MB |' in text and 'PASS' in text
     assert '| 10 | 400.0 | 23 | 23 |' in text and '| 120 | 400.0 |' in text  # the per-sample table
-    assert 'steal (%)' in text and '0 of 12 windows disturbed' in text
+    assert 'steal (%)' in text and '0 of 12 windows disturbed' in text and 'network inference p50' in text
     assert (tmp_path / 'soak.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
@@ -95,6 +97,19 @@ def test_windows_other_tenants_disturbed_are_left_out_of_the_informational_p95(s
         marked = [replace(s, **{field: 12.0}) if 600 < s.t_s <= 630 else s for s in samples]
         text = soak.undisturbed_p95(marked, latency, 12 * 60)
         assert '3 of 72 windows disturbed' in text and '(+0.0%)' in text, text
+
+
+@pytest.mark.parametrize(('node', 'machine', 'expected'), [
+    (1.0, 1.25, 'ms (+25.0%); end-to-end p95 change beyond the machine speed: +0.0%'),
+    (1.25, 1.0, 'ms (+0.0%); end-to-end p95 change beyond the machine speed: +25.0%'),
+])
+def test_the_network_time_tells_a_slower_machine_from_a_slower_node(soak, node, machine, expected):
+    latency = _latency(12, slower_last=node, machine_slower_last=machine)
+    verdicts = soak.check_targets(_samples(soak), latency, [], 12 * 60)
+    # the target itself is judged on the raw p95 either way
+    assert not next(v.passed for v in verdicts if v.target.startswith('p95'))
+    text = soak.machine_speed(latency, 12 * 60)
+    assert f'20.0 -> {20 * machine:.1f} ' + expected in text, text
 
 
 def test_host_cpu_seconds_reads_this_machine(soak):
