@@ -10,8 +10,8 @@ Every engine is built from the network the Segmenter hands it, BN-folded, up to 
 logits (``coarse_logits``), exported to ONNX (:func:`jetseg_core.export.onnx_bytes`) with the
 logits transposed to N x h x w x C, so the tensor handed back is channels-last memory: the layout
 :func:`~jetseg_core.inference.upsampled_labels` reads fastest. OpenVINO fp32 gets it with the CPU
-rewrites of :mod:`jetseg_core.fuse` (dense 1x1s, no shuffles, undilated; 1.3x faster there), the
-others without (ONNX Runtime gains nothing from them); exp2 never (it has no ONNX operator).
+rewrites of :mod:`jetseg_core.fuse` (dense 1x1s, no shuffles, undilated; 1.05-1.4x faster there,
+by CPU), the others without (ONNX Runtime gains nothing from them); exp2 never (no ONNX operator).
 
 Built engines are cached under ``$XDG_CACHE_HOME/jetseg`` (default ``~/.cache/jetseg``), never in
 the package: the exported ONNX (what ONNX Runtime runs), OpenVINO's compiled model, TensorRT's
@@ -405,7 +405,8 @@ class OpenVINOEngine(Engine):
     def _config(threads: int | None) -> dict[str, Any]:
         # The precision hint on import too: without it a CPU with bf16 (AVX512_BF16, AMX) runs the
         # imported model in bf16, 1% off fp32's logits.
-        config: dict[str, Any] = {'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1, 'INFERENCE_PRECISION_HINT': 'f32'}
+        config: dict[str, Any] = {'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1,
+                                  'INFERENCE_PRECISION_HINT': 'f32'}
         if threads:
             config['INFERENCE_NUM_THREADS'] = int(threads)
         return config

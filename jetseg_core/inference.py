@@ -290,8 +290,8 @@ class Segmenter:
         # Engines read a plain N x 3 x H x W float32 input.
         self.channels_last = not engine if channels_last is None else bool(channels_last)
         self.torchscript = on_cpu if torchscript is None else bool(torchscript) and not engine
-        # OpenVINO runs the rewritten graph 1.3-1.4x faster than the plain one, ONNX Runtime no faster
-        # (docs/performance.md#backends); the int8 graph is calibrated on the plain one.
+        # OpenVINO runs the rewritten graph 1.05-1.4x faster than the plain one (AVX-512 to AVX2 CPUs),
+        # ONNX Runtime no faster (docs/performance.md#backends); int8 is calibrated on the plain one.
         rewrites_pay = on_cpu or (self.backend_name == 'openvino' and self.precision != 'int8')
         self.cpu_rewrites = rewrites_pay if cpu_rewrites is None else bool(cpu_rewrites)
         self.meta = copy.deepcopy(meta)  # input buffers follow its input_size: keep a private copy
