@@ -368,18 +368,19 @@ def test_burst_at_100_hz_then_silence_then_30_hz(session):
     during = session.latency.between(t_burst + 1.0)
     # Newest frame only: latency stays bounded during the burst, the surplus is dropped and counted.
     assert float(np.median([m.total_ms for m in during])) <= LATENCY_FACTOR * steady.latency_ms + 100
-    status = session.diagnostic(lambda s: True, 5)
-    assert int(_values(status)['frames dropped']) > dropped_before or session.latency.last().frames_dropped \
-        > dropped_before
-    assert float(_values(status)['input rate (Hz)']) > float(_values(status)['output rate (Hz)']) or \
-        session.latency.last().frames_dropped > dropped_before
+    values = _values(session.diagnostic(lambda s: True, 5))
+    assert float(values['input rate (Hz)']) > 1.5 * RATE_HZ, values  # the burst reached the node
+    # A node slower than the burst drops the surplus and counts it; a faster one (a fast CPU runs the
+    # test network in ~4 ms) segments every frame.
+    dropped = max(int(values['frames dropped']), session.latency.last().frames_dropped) > dropped_before
+    kept_up = float(values['output rate (Hz)']) >= 0.9 * float(values['input rate (Hz)'])
+    assert dropped or kept_up, values
     session.stream.rate = 0
     silent = time.monotonic()
     quiet = session.diagnostic(lambda s: 'no images for' in s.message, 10, since=silent)
     assert quiet.level == DiagnosticStatus.WARN and session.node.running
     session.stream.rate = RATE_HZ
     session.recovered(steady, time.monotonic(), 'after burst and silence')
-    assert session.latency.last().frames_dropped > dropped_before
     assert session.diagnostic(lambda s: s.level == DiagnosticStatus.OK, 10).message.startswith('segmenting')
     session.counters_add_up()
 
