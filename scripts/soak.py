@@ -252,7 +252,7 @@ class Verdict:
     passed: bool
 
 
-def p95_drift(latency: dict[str, list[float]], duration_s: float, keep: np.ndarray | None = None,
+def percentile_drift(latency: dict[str, list[float]], duration_s: float, keep: np.ndarray | None = None,
               figure: str = 'total', q: float = 95) -> tuple[float, float, float, float]:
     """(window s, the q-th percentile of ``figure`` over the first window, over the last, relative
     change) over the frames ``keep`` selects (all by default); end-to-end p95 unless told."""
@@ -273,7 +273,7 @@ def check_targets(samples: list[Sample], latency: dict[str, list[float]], errors
     """The four soak targets against the recorded figures."""
     settled = [s for s in samples if s.t_s >= SETTLE_S - 1e-6] or samples[-1:]
     growth = samples[-1].rss_mb - settled[0].rss_mb
-    window, p95_first, p95_last, drift = p95_drift(latency, duration_s)
+    window, p95_first, p95_last, drift = percentile_drift(latency, duration_s)
     fds = {s.fds for s in settled}
     threads = {s.threads for s in settled}
     w = f'{window / 60:g} min'
@@ -302,7 +302,7 @@ def undisturbed_p95(samples: list[Sample], latency: dict[str, list[float]], dura
             keep &= ~((t >= start) & (t < s.t_s))
         start = s.t_s
     disturbed = sum(s.disturbed for s in samples)
-    _, p95_first, p95_last, drift = p95_drift(latency, duration_s, keep)
+    _, p95_first, p95_last, drift = percentile_drift(latency, duration_s, keep)
     return (f'{disturbed} of {len(samples)} windows disturbed by other tenants (steal >= '
             f'{STEAL_LIMIT_PCT:g}% or others >= {FOREIGN_LIMIT_CORES:g} core); p95 over the undisturbed '
             f'ones: {p95_first:.1f} -> {p95_last:.1f} ms ({drift:+.1%})')
@@ -314,8 +314,8 @@ def machine_speed(latency: dict[str, list[float]], duration_s: float) -> str:
     (information)."""
     if not latency.get('inference'):
         return 'no inference times recorded'
-    _, first, last, slowdown = p95_drift(latency, duration_s, figure='inference', q=50)
-    _, _, _, drift = p95_drift(latency, duration_s)
+    _, first, last, slowdown = percentile_drift(latency, duration_s, figure='inference', q=50)
+    _, _, _, drift = percentile_drift(latency, duration_s)
     beyond = (1 + drift) / (1 + slowdown) - 1
     return (f'network inference p50 (the same work every frame: the machine speed) {first:.1f} -> '
             f'{last:.1f} ms ({slowdown:+.1%}); end-to-end p95 change beyond the machine speed: {beyond:+.1%}')
