@@ -292,18 +292,21 @@ def check_targets(samples: list[Sample], latency: dict[str, list[float]], errors
     ]
 
 
+def disturbed_windows(samples: list[Sample]) -> list[tuple[float, float]]:
+    """(start s, end s) of each sampling window that other tenants disturbed."""
+    starts = [0.0] + [s.t_s for s in samples[:-1]]
+    return [(start, s.t_s) for start, s in zip(starts, samples, strict=True) if s.disturbed]
+
+
 def undisturbed_p95(samples: list[Sample], latency: dict[str, list[float]], duration_s: float) -> str:
     """The p95 comparison again, over the frames of windows no other tenant disturbed (information)."""
     t = np.asarray(latency['t'])
     keep = np.ones(t.shape, bool)
-    start = 0.0
-    for s in samples:
-        if s.disturbed:
-            keep &= ~((t >= start) & (t < s.t_s))
-        start = s.t_s
-    disturbed = sum(s.disturbed for s in samples)
+    disturbed = disturbed_windows(samples)
+    for start, end in disturbed:
+        keep &= ~((t >= start) & (t < end))
     _, p95_first, p95_last, drift = percentile_drift(latency, duration_s, keep)
-    return (f'{disturbed} of {len(samples)} windows disturbed by other tenants (steal >= '
+    return (f'{len(disturbed)} of {len(samples)} windows disturbed by other tenants (steal >= '
             f'{STEAL_LIMIT_PCT:g}% or others >= {FOREIGN_LIMIT_CORES:g} core); p95 over the undisturbed '
             f'ones: {p95_first:.1f} -> {p95_last:.1f} ms ({drift:+.1%})')
 
@@ -321,8 +324,13 @@ def machine_speed(latency: dict[str, list[float]], duration_s: float) -> str:
             f'{last:.1f} ms ({slowdown:+.1%}); end-to-end p95 change beyond the machine speed: {beyond:+.1%}')
 
 
+def information(samples: list[Sample], latency: dict[str, list[float]], duration_s: float) -> list[str]:
+    """The lines that tell a disturbed or slower machine from a drifting node (not targets)."""
+    return [undisturbed_p95(samples, latency, duration_s), machine_speed(latency, duration_s)]
+
+
 def write_results(out: Path, args: argparse.Namespace, samples: list[Sample], verdicts: list[Verdict],
-                  errors: list[str], latency: dict[str, list[float]]) -> None:
+                  errors: list[str], info: list[str]) -> None:
     fields = list(asdict(samples[0]))
     with (out / 'soak.csv').open('w', newline='') as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -332,8 +340,8 @@ def write_results(out: Path, args: argparse.Namespace, samples: list[Sample], ve
              '| target | measured | result |', '|---|---|---|']
     lines += [f'| {v.target} | {v.value} | {"PASS" if v.passed else "FAIL"} |' for v in verdicts]
     last = samples[-1]
-    lines += ['', undisturbed_p95(samples, latency, args.minutes * 60.0) + '.', '',
-              machine_speed(latency, args.minutes * 60.0) + '.']
+    for line in info:
+        lines += ['', line + '.']
     lines += ['', f'Frames in {last.frames_in}, processed {last.frames_processed}, '
               f'dropped {last.frames_dropped}, rejected {last.frames_rejected}.', '',
               '| t (s) | RSS (MB) | fds | threads | p50 (ms) | p95 (ms) | inference p50 (ms) | output (Hz) '
@@ -362,11 +370,8 @@ def plot(path: Path, samples: list[Sample], args: argparse.Namespace) -> None:
     ax_p95.plot(minutes, [s.p50_ms for s in samples], color='tab:gray', label='end-to-end p50')
     ax_p95.plot(minutes, [s.inference_p50_ms for s in samples], color='tab:green', ls=':',
                 label='inference p50 (machine speed)')
-    start = 0.0
-    for s in samples:
-        if s.disturbed:
-            ax_p95.axvspan(start / 60, s.t_s / 60, color='tab:orange', alpha=0.25, lw=0)
-        start = s.t_s
+    for start, end in disturbed_windows(samples):
+        ax_p95.axvspan(start / 60, end / 60, color='tab:orange', alpha=0.25, lw=0)
     ax_p95.set_ylabel('latency (ms)')
     ax_p95.set_xlabel('minutes')
     ax_p95.set_ylim(bottom=0)
@@ -393,12 +398,13 @@ def main(argv: list[str] | None = None) -> int:
         print('soak: error: no sample was taken', file=sys.stderr)
         return 1
     verdicts = check_targets(samples, latency, errors, args.minutes * 60.0)
-    write_results(out, args, samples, verdicts, errors, latency)
+    info = information(samples, latency, args.minutes * 60.0)
+    write_results(out, args, samples, verdicts, errors, info)
     print()
     for v in verdicts:
         print(f"{'PASS' if v.passed else 'FAIL'}  {v.target}: {v.value}")
-    print(f'info  {undisturbed_p95(samples, latency, args.minutes * 60.0)}')
-    print(f'info  {machine_speed(latency, args.minutes * 60.0)}')
+    for line in info:
+        print(f'info  {line}')
     print(f'results: {out}/soak.csv, soak.md, soak.png')
     return 0 if all(v.passed for v in verdicts) else 1
 

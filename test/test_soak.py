@@ -73,7 +73,7 @@ def test_results_are_written_as_csv_markdown_and_png(soak, tmp_path):
     samples[-1] = replace(samples[-1], p95_ms=90.0)
     verdicts = soak.check_targets(samples, _latency(2), [], 120)
     args = Namespace(width=640, height=480, rate=30.0, minutes=2.0, sample_every=10.0)
-    soak.write_results(tmp_path, args, samples, verdicts, [], _latency(2))
+    soak.write_results(tmp_path, args, samples, verdicts, [], soak.information(samples, _latency(2), 120))
     rows = list(csv.DictReader((tmp_path / 'soak.csv').open()))
     assert len(rows) == 12 and float(rows[-1]['p95_ms']) == 90.0
     text = (tmp_path / 'soak.md').read_text()
