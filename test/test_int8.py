@@ -85,9 +85,17 @@ def test_int8_export_writes_a_checked_qdq_graph_to_the_cache_and_the_output(cali
     onnx.checker.check_model(proto, full_check=True)
     ops = [node.op_type for node in proto.graph.node]
     assert 'QuantizeLinear' in ops and 'DequantizeLinear' in ops
-    int8_weights = [t for t in proto.graph.initializer
-                    if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
-    assert len(int8_weights) > 50  # every conv's weights are stored as int8
+    weights = {t.name: t for t in proto.graph.initializer}
+    dequantised = {node.output[0]: weights.get(node.input[0])
+                   for node in proto.graph.node if node.op_type == 'DequantizeLinear'}
+    convs = [node for node in proto.graph.node if node.op_type == 'Conv']
+    dense = [node for node in convs if all(a.name != 'group' or a.i == 1 for a in node.attribute)]
+    assert 10 < len(dense) < len(convs)
+    for node in convs:  # dense convs read int8 weights; depthwise and grouped ones float weights
+        if node in dense:
+            assert dequantised[node.input[1]].data_type == onnx.TensorProto.INT8, node.name
+        else:
+            assert weights[node.input[1]].data_type == onnx.TensorProto.FLOAT, node.name
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta['jetseg_precision'] == 'int8' and meta['jetseg_layout'] == 'NHWC'
     assert meta['jetseg_calibration'].startswith(f'folder|{Path(output).anchor}')  # an absolute data root
