@@ -40,15 +40,16 @@ class REU(nn.Module):
 
     Written as ``x * exp(min(x, 0))``: equal to REU, one fused-friendly expression,
     and exp never sees a large argument (no slow path, no overflow). While gradients are
-    recorded it runs with a hand-written backward (same values); inference, tracing and export
-    see the plain expression.
+    recorded on the CPU it runs with a hand-written backward (same values); inference, tracing,
+    export and training on other devices see the plain expression (CUDA trains as it did before
+    the CPU training paths: nothing there was measured).
     """
 
     #: Switch for benchmarks and tests: False leaves the backward to autograd.
     fast_training = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast_training and x.requires_grad:
+        if self.fast_training and x.requires_grad and x.device.type == 'cpu':
             return _REUWithGradient.apply(x)
         return x * torch.exp(torch.clamp(x, max=0.0))
 

@@ -106,3 +106,18 @@ def test_a_training_step_gives_plain_autograds_gradients(profile):
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert grads[0].abs().max() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5 * float(grads[0].abs().max()))
+
+
+def test_other_devices_train_the_plain_layers():
+    """The training paths are measured on the CPU only: elsewhere (CUDA) training records autograd's
+    plain graph, as before they existed. The meta device stands in for a GPU: real tensors without data."""
+    torch.manual_seed(0)
+    conv = JetConv(8, 8, 7).train()
+    reu = REU()
+    for device, plain in (('cpu', False), ('meta', True)):
+        conv.to(device)
+        x = torch.randn(1, 8, 16, 16, device=device, requires_grad=True)
+        vertical, horizontal = conv.dw_vertical(x), conv.dw_horizontal(x)
+        assert (tuple(vertical.grad_fn._saved_weight.shape) == (8, 1, 7, 1)) == plain, device
+        assert (horizontal.grad_fn.name() == 'ConvolutionBackward0') == plain, device
+        assert (reu(x).grad_fn.name() == 'MulBackward0') == plain, device
