@@ -164,7 +164,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: Check
             raise ValueError(f'meta.{attr}={getattr(meta, attr)!r} but the model has '
                              f'{getattr(model, attr)!r}')
     CheckpointMeta.from_dict(json.loads(meta.to_json()))  # refuse to write what could not be read back
-    tensors = {_MODEL_PREFIX + k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    tensors = {_MODEL_PREFIX + k: _stored(v) for k, v in model.state_dict().items()}
     metadata = {'format': FORMAT, 'jetseg': meta.to_json()}
     if optimizer is not None:
         opt_tensors, opt_json = _flatten_optimizer(optimizer.state_dict())
@@ -184,6 +184,12 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, meta: Check
         tmp.unlink(missing_ok=True)
 
 
+def _stored(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy safetensors can write: on the CPU, in the default (row-major) layout, whatever the
+    layout it was trained in (channels_last on the CPU)."""
+    return tensor.detach().cpu().clone(memory_format=torch.contiguous_format)
+
+
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], str]:
     """Split an optimiser state dict into safetensors tensors and a JSON string."""
     tensors: dict[str, torch.Tensor] = {}
@@ -191,7 +197,7 @@ def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tens
     for index, per_param in state_dict['state'].items():
         for name, value in per_param.items():
             if isinstance(value, torch.Tensor):
-                tensors[f'{_OPT_STATE_PREFIX}{index}.{name}'] = value.detach().cpu().clone()
+                tensors[f'{_OPT_STATE_PREFIX}{index}.{name}'] = _stored(value)
             else:
                 scalars.setdefault(str(index), {})[name] = value
     groups = []

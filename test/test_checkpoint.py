@@ -347,6 +347,27 @@ def test_resumed_training_continues_exactly_like_uninterrupted_training(tmp_path
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+def test_a_channels_last_model_and_its_optimiser_save_and_restore(tmp_path):
+    """jetseg-train on a CPU trains in channels_last memory, which safetensors cannot write as is."""
+    torch.manual_seed(0)
+    model = build_model('nano', 11).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters())
+    _train_steps(model, optimizer, 1, seed=0)
+    assert not all(p.is_contiguous() for p in model.parameters())  # channels_last, not row-major
+    path = tmp_path / 'nhwc.safetensors'
+    save_checkpoint(path, model, _meta(), optimizer=optimizer, train_state={'epoch': 1})
+    loaded, _ = load_checkpoint(path)
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    loaded.to(memory_format=torch.channels_last)  # as jetseg-train does after loading
+    resumed_opt = torch.optim.AdamW(loaded.parameters())
+    assert restore_training_state(path, resumed_opt) == {'epoch': 1}
+    _train_steps(model, optimizer, 1, seed=1)
+    _train_steps(loaded, resumed_opt, 1, seed=1)
+    for a, b in zip(model.parameters(), loaded.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
 def test_restore_without_optimizer_state_or_into_another_model_fails_clearly(saved, tmp_path):
     path = saved[0]
     with pytest.raises(CheckpointError, match='no optimiser state'):
