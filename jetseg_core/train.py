@@ -242,6 +242,12 @@ def select_device(spec: str, dist: Dist) -> torch.device:
     return torch.device('cpu')
 
 
+def training_memory_format(device: torch.device) -> torch.memory_format:
+    """channels_last on the CPU, where oneDNN's convolutions, forward and backward, are fastest
+    on NHWC memory (``scripts/benchmark_training.py``); the default layout elsewhere."""
+    return torch.channels_last if device.type == 'cpu' else torch.contiguous_format
+
+
 def any_rank(flag: bool, dist: Dist, device: torch.device) -> bool:
     """True on every rank when the flag is set on any rank (keeps ranks stepping in lockstep)."""
     if not dist.enabled:
@@ -764,7 +770,7 @@ def train(args: argparse.Namespace, dist: Dist) -> int:
                  else f'after epoch {start_epoch - 1}')
         log(f'jetseg-train: resuming {args.resume} {where} (best mIoU {best_miou:.4f}, '
             f'{elapsed_before / 60:.1f} min trained)')
-    model.to(device)
+    model.to(device, memory_format=training_memory_format(device))
     for g in optimizer.param_groups:  # optimiser tensors follow the model
         for p in g['params']:
             for k, v in optimizer.state.get(p, {}).items():

@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Training throughput per profile: plain autograd against the training paths of
-:class:`jetseg_core.layers.DilatedDepthwiseConv` (undilated forms of the dilated depthwise convs)
-and :class:`jetseg_core.layers.REU` (a hand-written backward), interleaved in one process.
+"""Training throughput per profile on the CPU, three variants interleaved in one process:
+
+- plain autograd in PyTorch's default (NCHW) memory layout;
+- the training paths of :class:`jetseg_core.layers.DilatedDepthwiseConv` (undilated forms of the
+  dilated depthwise convs) and :class:`jetseg_core.layers.REU` (a hand-written backward);
+- the training paths on channels_last (NHWC) memory: what ``jetseg-train`` runs on a CPU
+  (:func:`jetseg_core.train.training_memory_format`).
 
 One step is what ``jetseg-train`` does per batch: forward, JetLoss+CE, backward, AdamW update, on
 random images (throughput does not depend on the pixels). Prints images/s (median over the timed
-steps) for each profile and variant, and the ratio.
+steps) for each profile and variant, and the ratio of the last to the first.
 
     python scripts/benchmark_training.py --profiles nano,agx --size 240x320 --batch-size 8 --threads 2
 """
@@ -15,6 +19,7 @@ import argparse
 import statistics
 import sys
 import time
+from copy import deepcopy
 from pathlib import Path
 
 import torch
@@ -26,11 +31,14 @@ from jetseg_core.layers import REU, DilatedDepthwiseConv
 from jetseg_core.loss import build_loss
 from jetseg_core.model import build_model
 
-VARIANTS = {'plain autograd': False, 'training path': True}
+#: name: (training paths on, memory layout)
+VARIANTS = {'plain autograd': (False, torch.contiguous_format),
+            'training paths': (True, torch.contiguous_format),
+            'training paths, channels_last (jetseg-train)': (True, torch.channels_last)}
 TRAINING_PATHS = (DilatedDepthwiseConv, REU)  # the layers with a switchable training path
 
 
-def step_seconds(model, criterion, optimizer, images, labels, fast: bool) -> float:
+def step_seconds(model, optimizer, criterion, images, labels, fast: bool) -> float:
     for layer in TRAINING_PATHS:
         layer.fast_training = fast
     t0 = time.perf_counter()
@@ -58,18 +66,21 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model(profile, 11).train()
         criterion = build_loss('jetloss+ce', 11)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        runs = {}  # each variant trains its own copy (same initial weights) in its own layout
+        for name, (_, layout) in VARIANTS.items():
+            copy = deepcopy(model).to(memory_format=layout)
+            runs[name] = (copy, torch.optim.AdamW(copy.parameters(), lr=1e-4))
         images = torch.randn(args.batch_size, 3, *args.size)
         labels = torch.randint(0, 11, (args.batch_size, *args.size))
         times: dict[str, list[float]] = {v: [] for v in VARIANTS}
         for i in range(args.steps + 1):
-            for name, fast in VARIANTS.items():
-                t = step_seconds(model, criterion, optimizer, images, labels, fast)
+            for name, (fast, _) in VARIANTS.items():
+                t = step_seconds(*runs[name], criterion, images, labels, fast)
                 if i:  # the first round warms up allocator and kernels
                     times[name].append(t)
-        rates = {v: args.batch_size / statistics.median(t) for v, t in times.items()}
-        plain, fast = rates['plain autograd'], rates['training path']
-        print(f'| {profile} | {plain:.2f} | {fast:.2f} | {fast / plain:.2f}x |', flush=True)
+        rates = [args.batch_size / statistics.median(times[v]) for v in VARIANTS]
+        print(f'| {profile} | ' + ' | '.join(f'{r:.2f}' for r in rates) + f' | {rates[-1] / rates[0]:.2f}x |',
+              flush=True)
     for layer in TRAINING_PATHS:
         layer.fast_training = True
 
