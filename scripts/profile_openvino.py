@@ -27,7 +27,7 @@ from jetseg_core.fuse import (
 )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--profile', default='nano')
     p.add_argument('--checkpoint', default='untrained')
@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument('--threads', type=int, default=1)
     p.add_argument('--runs', type=int, default=30, help='profiled runs (after 10 untimed)')
     p.add_argument('--top', type=int, default=12, help='rows per table')
-    args = p.parse_args()
+    args = p.parse_args(argv)
     import openvino as ov
 
     h, w = args.size
@@ -68,7 +68,8 @@ def main() -> None:
         print(f'\n{"ms":>7}  {"share":>5}  {title}')
         for name, ms in table.most_common(args.top):
             print(f'{ms:7.3f}  {100 * ms / total:4.1f}%  {name}')
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
