@@ -41,8 +41,8 @@ class REU(nn.Module):
     Written as ``x * exp(min(x, 0))``: equal to REU, one fused-friendly expression,
     and exp never sees a large argument (no slow path, no overflow). While gradients are
     recorded on the CPU it runs with a hand-written backward (same values); inference, tracing,
-    export and training on other devices see the plain expression (CUDA trains as it did before
-    the CPU training paths: nothing there was measured).
+    export and training on other devices see the plain expression (the hand-written backward was
+    measured on CPUs only, so CUDA keeps autograd's).
     """
 
     #: Switch for benchmarks and tests: False leaves the backward to autograd.
