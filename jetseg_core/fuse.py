@@ -194,9 +194,14 @@ def exp2_activations(model: nn.Module) -> nn.Module:
     return _replace_modules(model, lambda m: swaps[type(m)]() if type(m) in swaps else None)
 
 
-def rewrite_for_cpu(model: nn.Module) -> nn.Module:
-    """All the CPU rewrites above, in place, on a BN-folded model (the shuffle fold needs it)."""
-    for rewrite in (densify_grouped_pointwise, fold_channel_shuffle, undilate_horizontal_depthwise,
-                    exp2_activations):
+def rewrite_for_cpu(model: nn.Module, exp2: bool = True) -> nn.Module:
+    """All the CPU rewrites above, in place, on a BN-folded model (the shuffle fold needs it).
+
+    ``exp2=False`` leaves the activations alone: the graph exported to the inference engines
+    (ONNX has no exp2 operator).
+    """
+    for rewrite in (densify_grouped_pointwise, fold_channel_shuffle, undilate_horizontal_depthwise):
         rewrite(model)
+    if exp2:
+        exp2_activations(model)
     return model

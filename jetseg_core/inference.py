@@ -39,13 +39,7 @@ import torch.nn.functional as F
 
 from jetseg_core.backends import BACKENDS, INT8_ENGINES, Engine, create_engine, resolve_backend
 from jetseg_core.checkpoint import CheckpointMeta, resolve_checkpoint
-from jetseg_core.fuse import (
-    densify_grouped_pointwise,
-    fold_batchnorm,
-    fold_channel_shuffle,
-    rewrite_for_cpu,
-    undilate_horizontal_depthwise,
-)
+from jetseg_core.fuse import fold_batchnorm, rewrite_for_cpu
 from jetseg_core.profiles import DEFAULT_PRECISION, apply_thread_setting
 
 __all__ = ['BACKENDS', 'DEVICES', 'PRECISIONS', 'Segmentation', 'Segmenter', 'nearest_resize',
@@ -301,11 +295,8 @@ class Segmenter:
 
         # Every rewrite works on a copy: the caller's model is left alone.
         net = fold_batchnorm(model) if fold_bn else copy.deepcopy(model)
-        if self.cpu_rewrites and engine:
-            for rewrite in (densify_grouped_pointwise, fold_channel_shuffle, undilate_horizontal_depthwise):
-                rewrite(net)
-        elif self.cpu_rewrites:
-            rewrite_for_cpu(net)
+        if self.cpu_rewrites:
+            rewrite_for_cpu(net, exp2=not engine)
         net.eval().requires_grad_(False)
         self._engine: Engine | None = None
         if engine:  # built from the folded network, on the CPU

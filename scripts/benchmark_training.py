@@ -68,8 +68,8 @@ def main() -> None:
         criterion = build_loss('jetloss+ce', 11)
         runs = {}  # each variant trains its own copy (same initial weights) in its own layout
         for name, (_, layout) in VARIANTS.items():
-            copy = deepcopy(model).to(memory_format=layout)
-            runs[name] = (copy, torch.optim.AdamW(copy.parameters(), lr=1e-4))
+            replica = deepcopy(model).to(memory_format=layout)
+            runs[name] = (replica, torch.optim.AdamW(replica.parameters(), lr=1e-4))
         images = torch.randn(args.batch_size, 3, *args.size)
         labels = torch.randint(0, 11, (args.batch_size, *args.size))
         times: dict[str, list[float]] = {v: [] for v in VARIANTS}

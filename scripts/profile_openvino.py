@@ -19,12 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from jetseg_core.checkpoint import resolve_checkpoint
 from jetseg_core.cli import parse_size
 from jetseg_core.export import onnx_bytes
-from jetseg_core.fuse import (
-    densify_grouped_pointwise,
-    fold_batchnorm,
-    fold_channel_shuffle,
-    undilate_horizontal_depthwise,
-)
+from jetseg_core.fuse import fold_batchnorm, rewrite_for_cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     h, w = args.size
     net, _ = resolve_checkpoint(args.checkpoint, args.profile)
     net = fold_batchnorm(net.eval())
-    for rewrite in (densify_grouped_pointwise, fold_channel_shuffle, undilate_horizontal_depthwise):
-        rewrite(net)  # what OpenVINOEngine is given (see Segmenter: no exp2, which ONNX lacks)
+    rewrite_for_cpu(net, exp2=False)  # what the Segmenter gives OpenVINOEngine
     core = ov.Core()
     model = core.read_model(onnx_bytes(net, (h, w), returns='coarse', dynamic_batch=True,
                                        channels_last_output=True))

@@ -253,7 +253,7 @@ class Verdict:
 
 
 def percentile_drift(latency: dict[str, list[float]], duration_s: float, keep: np.ndarray | None = None,
-              figure: str = 'total', q: float = 95) -> tuple[float, float, float, float]:
+                     figure: str = 'total', q: float = 95) -> tuple[float, float, float, float]:
     """(window s, the q-th percentile of ``figure`` over the first window, over the last, relative
     change) over the frames ``keep`` selects (all by default); end-to-end p95 unless told."""
     window = min(WINDOW_MAX_S, duration_s / 2)
